@@ -61,6 +61,10 @@ func ParseCursor(s string) (Cursor, error) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidCursor, err)
 	}
+	if m == nil {
+		// JSON null decodes to a nil map, on which Advance would panic.
+		m = map[string]uint64{}
+	}
 	for stream := range m {
 		if err := validateStreamName(stream); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrInvalidCursor, err)

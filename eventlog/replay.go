@@ -41,13 +41,15 @@ func (l *Log) Follow(ctx context.Context, from Cursor, fn func(Record) error) (C
 	for {
 		wake := l.wake.wait()
 		streams, err := l.Streams(ctx)
-		if err != nil {
-			return cur, err
+		if err == nil {
+			err = l.mergePass(ctx, streams, cur, fn)
 		}
-		if err := l.mergePass(ctx, streams, cur, fn); err != nil {
-			if errors.Is(err, ErrStop) {
-				return cur, nil
-			}
+		// A context that ends during a pass ends Follow the same way as one
+		// that ends while it waits: with a nil error.
+		if errors.Is(err, ErrStop) || (err != nil && ctx.Err() != nil) {
+			return cur, nil
+		}
+		if err != nil {
 			return cur, err
 		}
 		select {

@@ -85,6 +85,13 @@ func (w *Writer) Append(ctx context.Context, events ...*event.Event) ([]Position
 		}
 	}
 	req := &appendRequest{events: events, done: make(chan appendResult, 1)}
+	// A select picks at random among ready cases, so without this check an
+	// Append after Close could still queue its request.
+	select {
+	case <-w.stop:
+		return nil, ErrClosed
+	default:
+	}
 	select {
 	case w.reqs <- req:
 	case <-w.stop:
@@ -95,6 +102,16 @@ func (w *Writer) Append(ctx context.Context, events ...*event.Event) ([]Position
 	select {
 	case res := <-req.done:
 		return res.positions, res.err
+	case <-w.done:
+		// The commit goroutine answers every request it takes before it
+		// exits, so a request still unanswered now was queued after the
+		// final drain and was never written.
+		select {
+		case res := <-req.done:
+			return res.positions, res.err
+		default:
+			return nil, ErrClosed
+		}
 	case <-ctx.Done():
 		return nil, fmt.Errorf("eventlog: append to %s: outcome unknown: %w", w.stream, ctx.Err())
 	}

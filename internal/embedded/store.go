@@ -79,6 +79,9 @@ func Open(dir string, opts Options) (*Store, error) {
 		NoSync:         opts.NoSync,
 		FreelistType:   bolt.FreelistMapType,
 		NoFreelistSync: true,
+		// Map 1 GiB of address space up front: a long read transaction,
+		// such as a verify, then does not hold up appends that grow the file.
+		InitialMmapSize: 1 << 30,
 	})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("embedded: open %s: %w", path, ErrLocked)
@@ -126,24 +129,12 @@ func (s *Store) Get(ctx context.Context, key string) (state.Item, error) {
 
 // BulkGet reads many keys in one read transaction.
 func (s *Store) BulkGet(ctx context.Context, keys []string) ([]state.Item, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	out := make([]state.Item, len(keys))
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketName)
-		for i, k := range keys {
-			if b == nil {
-				out[i] = state.Item{Key: k}
-				continue
-			}
-			out[i] = decode(k, b.Get([]byte(k)))
-		}
-		return nil
+	var out []state.Item
+	err := s.Snapshot(ctx, func(snap state.Store) error {
+		var err error
+		out, err = snap.BulkGet(ctx, keys)
+		return err
 	})
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
-		return nil, state.ErrClosed
-	}
 	return out, err
 }
 
@@ -200,29 +191,12 @@ func (s *Store) Transact(ctx context.Context, ops []state.Op) error {
 }
 
 // Scan calls fn for every key with the prefix, in byte order, inside one
-// read transaction. fn must not call back into the store's write methods.
+// read transaction. fn must not call the store's write methods, which would
+// wait for the read transaction and deadlock when the file must grow.
 func (s *Store) Scan(ctx context.Context, prefix string, fn func(state.Item) error) error {
-	err := s.db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketName)
-		if b == nil {
-			return nil
-		}
-		c := b.Cursor()
-		p := []byte(prefix)
-		for k, v := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, v = c.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			if err := fn(decode(string(k), v)); err != nil {
-				return err
-			}
-		}
-		return nil
+	return s.Snapshot(ctx, func(snap state.Store) error {
+		return snap.(*snapshot).Scan(ctx, prefix, fn)
 	})
-	if errors.Is(err, bolt.ErrDatabaseNotOpen) {
-		return state.ErrClosed
-	}
-	return err
 }
 
 // Close closes the file.

@@ -86,3 +86,10 @@ var (
 	// given, such as an empty key. Retrying it cannot help.
 	ErrInvalidArgument = errors.New("state: invalid argument")
 )
+
+// Snapshotter runs fn on a read-only view of the store as of one moment, so
+// that several reads see the same state. Writes through the view fail with
+// ErrInvalidArgument.
+type Snapshotter interface {
+	Snapshot(ctx context.Context, fn func(Store) error) error
+}
