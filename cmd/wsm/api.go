@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/virtufin/websocketmanager/eventlog"
+	"github.com/virtufin/websocketmanager/internal/state"
+	"github.com/virtufin/websocketmanager/projections"
+)
+
+// apiError is the body of every error response.
+type apiError struct {
+	Error string `json:"error"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, apiError{Error: msg})
+}
+
+// api serves the read API, health, and the admin endpoints that replay and
+// rebuild use while the service holds the store.
+type api struct {
+	store  state.Store
+	log    *eventlog.Log
+	views  projections.Reader
+	ready  func(ctx context.Context) readiness
+	logger zerolog.Logger
+}
+
+func (a *api) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/connections", a.listConnections)
+	mux.HandleFunc("GET /v1/connections/{id}", a.getConnection)
+	mux.HandleFunc("GET /v1/instances", a.listInstances)
+	mux.HandleFunc("GET /healthz", a.healthz)
+	mux.HandleFunc("GET /readyz", a.readyz)
+	mux.HandleFunc("GET /v1/admin/replay", a.replay)
+	mux.HandleFunc("POST /v1/admin/verify", a.verify)
+}
+
+// connectionJSON is a connection entry as the API shows it.
+type connectionJSON struct {
+	*projections.Connection
+	State string `json:"state"` // open or closed
+}
+
+func newConnectionJSON(c *projections.Connection) connectionJSON {
+	s := "open"
+	if !c.Open() {
+		s = "closed"
+	}
+	return connectionJSON{Connection: c, State: s}
+}
+
+func (a *api) listConnections(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	conns, err := a.views.Connections(r.Context(), projections.Filter{UserID: q.Get("user"), InstanceID: q.Get("instance")})
+	if err != nil {
+		a.storeError(w, "list connections", err)
+		return
+	}
+	out := make([]connectionJSON, len(conns))
+	for i, c := range conns {
+		out[i] = newConnectionJSON(c)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"connections": out, "count": len(out)})
+}
+
+func (a *api) getConnection(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	c, err := a.views.Connection(r.Context(), id)
+	if err != nil {
+		a.storeError(w, "read connection", err)
+		return
+	}
+	if c == nil {
+		writeError(w, http.StatusNotFound, "connection "+id+" not found")
+		return
+	}
+	writeJSON(w, http.StatusOK, newConnectionJSON(c))
+}
+
+func (a *api) listInstances(w http.ResponseWriter, r *http.Request) {
+	insts, err := a.views.Instances(r.Context())
+	if err != nil {
+		a.storeError(w, "list instances", err)
+		return
+	}
+	if insts == nil {
+		insts = []*projections.Instance{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"instances": insts, "count": len(insts)})
+}
+
+func (a *api) storeError(w http.ResponseWriter, what string, err error) {
+	a.logger.Error().Err(err).Msg(what + " failed")
+	writeError(w, http.StatusServiceUnavailable, what+": state store unavailable: "+err.Error())
+}
+
+func (a *api) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// Overall readiness states.
+const (
+	statusHealthy   = "Healthy"
+	statusDegraded  = "Degraded"
+	statusUnhealthy = "Unhealthy"
+)
+
+// readiness is the body of /readyz.
+type readiness struct {
+	Status       string                `json:"status"`
+	Dependencies map[string]dependency `json:"dependencies"`
+}
+
+type dependency struct {
+	State     string `json:"state"` // up or down
+	Error     string `json:"error,omitempty"`
+	LatencyMS int64  `json:"latencyMs"`
+}
+
+func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	rd := a.ready(ctx)
+	status := http.StatusOK
+	if rd.Status == statusUnhealthy {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, rd)
+}
+
+// checkStore reads one key to see that the store answers.
+func checkStore(ctx context.Context, store state.Store) dependency {
+	start := time.Now()
+	_, err := store.Get(ctx, projections.InstanceIndexKey)
+	d := dependency{State: "up", LatencyMS: time.Since(start).Milliseconds()}
+	if err != nil {
+		d.State, d.Error = "down", err.Error()
+	}
+	return d
+}
+
+func (a *api) replay(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f, err := filterFromValues(q.Get, q["type"], time.Now())
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	follow := q.Get("follow") == "true"
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	flusher, _ := w.(http.Flusher)
+	flush := func() {
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+	if err := writeRecords(r.Context(), a.log, f, follow, w, flush); err != nil && r.Context().Err() == nil {
+		// The status line is gone; the client sees a cut stream.
+		a.logger.Error().Err(err).Msg("replay for a client failed")
+	}
+}
+
+func (a *api) verify(w http.ResponseWriter, r *http.Request) {
+	res, err := projections.Verify(r.Context(), a.store)
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return
+		}
+		writeError(w, http.StatusInternalServerError, "verify: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, newVerifyReport(res))
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// serveConfig is everything `wsm serve` can be told. Defaults live in
+// defaultServeConfig, each with its reason.
+type serveConfig struct {
+	Listen         string
+	DataDir        string
+	Backend        string
+	InstanceID     string
+	AllowAnonymous bool
+	JWTSecret      string // from WSM_JWT_SECRET only, never a flag: flags show up in ps
+
+	HeartbeatInterval time.Duration
+	HeartbeatTTL      time.Duration
+	ReclaimInterval   time.Duration
+	ShutdownTimeout   time.Duration
+
+	PingInterval   time.Duration
+	PongTimeout    time.Duration
+	ReadLimit      int
+	SendQueue      int
+	MaxConnections int
+
+	LogFormat string
+	LogLevel  string
+}
+
+func defaultServeConfig() serveConfig {
+	return serveConfig{
+		Listen:  "127.0.0.1:8080",
+		DataDir: "wsm-data",
+		Backend: "embedded",
+
+		// A heartbeat every 5 s and a TTL of three missed beats: one lost
+		// or late beat never makes an instance suspect, and a dead one is
+		// found within 15 s plus one reclaim pass.
+		HeartbeatInterval: 5 * time.Second,
+		HeartbeatTTL:      15 * time.Second,
+		ReclaimInterval:   5 * time.Second,
+		// Kubernetes sends SIGKILL 30 s after SIGTERM by default; 10 s
+		// leaves room for the sidecar and the pod's preStop hook.
+		ShutdownTimeout: 10 * time.Second,
+
+		// Pings every 20 s keep idle connections alive through load
+		// balancers and NATs that drop flows idle for 30 to 60 s.
+		PingInterval: 20 * time.Second,
+		PongTimeout:  10 * time.Second,
+		// 64 KiB fits any control or chat message; larger payloads belong
+		// in object storage with a link on the socket.
+		ReadLimit: 64 << 10,
+		// 256 queued messages absorb a burst to a client whose TCP window is
+		// momentarily full; a client further behind is closed, not buffered.
+		SendQueue: 256,
+		// 50,000 connections use about 1-2 GiB with default buffers; past it,
+		// an instance answers 503 so the load balancer tries another.
+		MaxConnections: 50_000,
+
+		LogFormat: "json",
+		LogLevel:  "info",
+	}
+}
+
+// envPrefix starts every environment variable wsm reads.
+const envPrefix = "WSM_"
+
+// bindServeFlags registers the serve flags on fs, with defaults taken from
+// the environment where set, so a flag beats WSM_* and WSM_* beats the
+// built-in default.
+func bindServeFlags(fs *flag.FlagSet, c *serveConfig, env func(string) string) error {
+	var errs []error
+	str := func(p *string, name, usage string) {
+		if v := env(envName(name)); v != "" {
+			*p = v
+		}
+		fs.StringVar(p, name, *p, usage+" (env "+envName(name)+")")
+	}
+	dur := func(p *time.Duration, name, usage string) {
+		if v := env(envName(name)); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: invalid duration, want a value such as 5s", envName(name), v))
+			} else {
+				*p = d
+			}
+		}
+		fs.DurationVar(p, name, *p, usage+" (env "+envName(name)+")")
+	}
+	num := func(p *int, name, usage string) {
+		if v := env(envName(name)); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: invalid integer", envName(name), v))
+			} else {
+				*p = n
+			}
+		}
+		fs.IntVar(p, name, *p, usage+" (env "+envName(name)+")")
+	}
+	boolean := func(p *bool, name, usage string) {
+		if v := env(envName(name)); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: invalid boolean, want true or false", envName(name), v))
+			} else {
+				*p = b
+			}
+		}
+		fs.BoolVar(p, name, *p, usage+" (env "+envName(name)+")")
+	}
+
+	str(&c.Listen, "listen", "address of the HTTP and WebSocket listener, host:port")
+	str(&c.DataDir, "data-dir", "directory of the embedded store file")
+	str(&c.Backend, "backend", "state store and pub/sub backend: embedded")
+	str(&c.InstanceID, "instance-id", "instance id; default $HOSTNAME, else a random UUID")
+	boolean(&c.AllowAnonymous, "allow-anonymous", "accept WebSocket clients without a token")
+	dur(&c.HeartbeatInterval, "heartbeat-interval", "time between heartbeats")
+	dur(&c.HeartbeatTTL, "heartbeat-ttl", "time without a heartbeat after which a peer is suspect")
+	dur(&c.ReclaimInterval, "reclaim-interval", "time between reclaim passes")
+	dur(&c.ShutdownTimeout, "shutdown-timeout", "time allowed for draining on SIGTERM")
+	dur(&c.PingInterval, "ping-interval", "time between server pings on each connection")
+	dur(&c.PongTimeout, "pong-timeout", "extra time a client has to answer before it counts as gone")
+	num(&c.ReadLimit, "read-limit", "maximum size of a client message in bytes; larger ones close with 1009")
+	num(&c.SendQueue, "send-queue", "messages queued per connection before a slow client is closed with 1008")
+	num(&c.MaxConnections, "max-connections", "connections per instance; further upgrades get HTTP 503")
+	str(&c.LogFormat, "log-format", "log format: json or console")
+	str(&c.LogLevel, "log-level", "log level: debug, info, warn or error")
+
+	c.JWTSecret = env("WSM_JWT_SECRET")
+	return errors.Join(errs...)
+}
+
+func envName(flagName string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// resolveInstanceID fills in the instance id from HOSTNAME or a random UUID.
+func (c *serveConfig) resolveInstanceID(env func(string) string) {
+	if c.InstanceID != "" {
+		return
+	}
+	if h := env("HOSTNAME"); h != "" {
+		c.InstanceID = h
+		return
+	}
+	if h, err := os.Hostname(); err == nil && h != "" {
+		c.InstanceID = h
+		return
+	}
+	c.InstanceID = uuid.NewString()
+}
+
+// Validate reports every problem of the configuration at once.
+func (c *serveConfig) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+
+	host, _, err := net.SplitHostPort(c.Listen)
+	if err != nil {
+		bad("--listen %q: %v; want host:port such as 127.0.0.1:8080", c.Listen, err)
+	}
+	if c.Backend != "embedded" {
+		bad("--backend %q: unknown or not available in this build; want embedded", c.Backend)
+	}
+	if c.Backend == "embedded" && c.DataDir == "" {
+		bad("--data-dir is empty; the embedded backend needs a directory")
+	}
+	if strings.Contains(c.InstanceID, "/") {
+		bad("--instance-id %q: must not contain '/'", c.InstanceID)
+	}
+	if err == nil && c.JWTSecret == "" && !c.AllowAnonymous && !isLoopbackHost(host) {
+		bad("--listen %s is not a loopback address, and neither WSM_JWT_SECRET nor --allow-anonymous is set; "+
+			"set WSM_JWT_SECRET to require tokens, or --allow-anonymous to accept anyone", c.Listen)
+	}
+
+	positive := func(name string, d time.Duration) {
+		if d <= 0 {
+			bad("--%s %v: must be positive", name, d)
+		}
+	}
+	positive("heartbeat-interval", c.HeartbeatInterval)
+	positive("heartbeat-ttl", c.HeartbeatTTL)
+	positive("reclaim-interval", c.ReclaimInterval)
+	positive("shutdown-timeout", c.ShutdownTimeout)
+	positive("ping-interval", c.PingInterval)
+	positive("pong-timeout", c.PongTimeout)
+	if c.HeartbeatTTL > 0 && c.HeartbeatTTL <= c.HeartbeatInterval {
+		bad("--heartbeat-ttl %v must be longer than --heartbeat-interval %v, or every peer looks dead between beats",
+			c.HeartbeatTTL, c.HeartbeatInterval)
+	}
+	if c.ReadLimit < 125 {
+		bad("--read-limit %d: must be at least 125 bytes, the size of a control frame", c.ReadLimit)
+	}
+	if c.SendQueue < 1 {
+		bad("--send-queue %d: must be at least 1", c.SendQueue)
+	}
+	if c.MaxConnections < 1 {
+		bad("--max-connections %d: must be at least 1", c.MaxConnections)
+	}
+	if c.LogFormat != "json" && c.LogFormat != "console" {
+		bad("--log-format %q: want json or console", c.LogFormat)
+	}
+	return errors.Join(errs...)
+}
+
+// isLoopbackHost reports whether a listen host only accepts local clients.
+// An empty host listens on every interface.
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

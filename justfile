@@ -1,0 +1,27 @@
+# wsm tasks. Install just with `npm install -g rust-just`, or prefix any
+# recipe with `npx --yes rust-just@1.57.0`.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Run the service on the embedded backend, anonymous clients allowed, on loopback.
+run *ARGS:
+    go run ./cmd/wsm serve --allow-anonymous {{ARGS}}
+
+# Build the wsm binary into bin/.
+build:
+    go build -o bin/wsm ./cmd/wsm
+
+# Vet and run every test with the race detector.
+test:
+    go vet ./...
+    go test -race -count=1 -timeout 45m ./...
+
+# Run each fuzz target for a while (FUZZTIME, default 30s).
+fuzz FUZZTIME="30s":
+    go test -run '^$' -fuzz '^FuzzParseToken$' -fuzztime {{FUZZTIME}} ./socket/
+    go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime {{FUZZTIME}} ./eventlog/
+    go test -run '^$' -fuzz '^FuzzParseCursor$' -fuzztime {{FUZZTIME}} ./eventlog/
+
+# Run the Go micro-benchmarks.
+bench:
+    go test -run '^$' -bench . -benchmem ./...
