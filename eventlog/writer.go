@@ -103,7 +103,7 @@ func (w *Writer) Append(ctx context.Context, events ...*event.Event) ([]Position
 	case res := <-req.done:
 		return res.positions, res.err
 	case <-w.done:
-		// The commit goroutine answers every request it takes before it
+		// The commit goroutine replies to every request it takes before it
 		// exits, so a request still unanswered now was queued after the
 		// final drain and was never written.
 		select {
@@ -343,7 +343,7 @@ func (w *Writer) catchUp(ctx context.Context) {
 }
 
 // resolve finds out whether a failed commit landed by reading the stream
-// head. It retries until the store answers or the writer stops, because
+// head. It retries until the store responds or the writer stops, because
 // reusing sequences of a commit that did land would overwrite events.
 func (w *Writer) resolve(ctx context.Context, last uint64) (bool, error) {
 	backoff := 50 * time.Millisecond

@@ -144,7 +144,7 @@ func (a *api) readyz(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, status, rd)
 }
 
-// checkStore reads one key to see that the store answers.
+// checkStore reads one key to check that the store responds.
 func checkStore(ctx context.Context, store state.Store) dependency {
 	start := time.Now()
 	_, err := store.Get(ctx, projections.InstanceIndexKey)

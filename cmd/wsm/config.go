@@ -13,7 +13,7 @@ import (
 	"github.com/google/uuid"
 )
 
-// serveConfig is everything `wsm serve` can be told. Defaults live in
+// serveConfig holds every setting of `wsm serve`. Defaults live in
 // defaultServeConfig, each with its reason.
 type serveConfig struct {
 	Listen         string
@@ -64,8 +64,9 @@ func defaultServeConfig() serveConfig {
 		// 256 queued messages absorb a burst to a client whose TCP window is
 		// momentarily full; a client further behind is closed, not buffered.
 		SendQueue: 256,
-		// 50,000 connections use about 1-2 GiB with default buffers; past it,
-		// an instance answers 503 so the load balancer tries another.
+		// A cap keeps one instance from taking more than its share after a
+		// rolling update; past it the upgrade gets 503 and the load balancer
+		// tries another instance.
 		MaxConnections: 50_000,
 
 		LogFormat: "json",

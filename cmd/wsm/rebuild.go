@@ -110,7 +110,7 @@ func verifyRemote(ctx context.Context, base string) (verifyReport, error) {
 	if resp.StatusCode != http.StatusOK {
 		var e apiError
 		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-		return rep, fmt.Errorf("running service answered %s: %s", resp.Status, e.Error)
+		return rep, fmt.Errorf("running service returned %s: %s", resp.Status, e.Error)
 	}
 	return rep, json.NewDecoder(resp.Body).Decode(&rep)
 }

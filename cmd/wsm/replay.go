@@ -256,7 +256,7 @@ func streamFrom(ctx context.Context, u string, w io.Writer) error {
 	if resp.StatusCode != http.StatusOK {
 		var e apiError
 		json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&e)
-		return fmt.Errorf("running service answered %s: %s", resp.Status, e.Error)
+		return fmt.Errorf("running service returned %s: %s", resp.Status, e.Error)
 	}
 	_, err = io.Copy(w, resp.Body)
 	if ctx.Err() != nil {

@@ -184,9 +184,9 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 		Count:    in.sock.Count,
 		Logger:   in.logger,
 		OnFenced: func(by string) {
-			// One process holds the embedded store, so nobody else can
-			// claim this incarnation; reaching here means the views were
-			// edited by hand.
+			// One process holds the embedded store, so no other instance
+			// can claim this incarnation. Reaching here means the views
+			// were edited by hand.
 			in.logger.Error().Str("reclaimed_by", by).Msg("instance record claimed by another incarnation")
 		},
 	}
