@@ -67,6 +67,14 @@ func (l *Log) RepairTail(ctx context.Context, stream string) (TailReport, error)
 			ops = append(ops, state.Op{Kind: state.Delete, Key: eventKey(stream, s)})
 		}
 		ops = append(ops, state.Op{Kind: state.Upsert, Key: headKey(stream), Value: encodeHead(good)})
+		// The checkpoint must not point past the new head.
+		cp, err := l.store.Get(ctx, checkpointKey(stream))
+		if err != nil {
+			return rep, fmt.Errorf("eventlog: repair %s: %w", stream, err)
+		}
+		if done, err := decodeHead(cp); err != nil || done > good {
+			ops = append(ops, state.Op{Kind: state.Upsert, Key: checkpointKey(stream), Value: encodeHead(good)})
+		}
 		rep.Head = good
 	}
 

@@ -147,6 +147,10 @@ func (s *Set) foldReclaimed(ev *event.Event, r *schemas.Reclaimed) {
 	})
 
 	inst := s.Instances[r.DeadInstanceID]
+	// NOTE: with no record of the dead incarnation yet, the claim is not
+	// kept, and a heartbeat of it folded later leaves it live. The live views
+	// never fold in that order, because a reclaimer acts on the record; a
+	// rebuild can, when clocks are skewed, and relies on ApplyClaims.
 	if inst == nil || inst.Incarnation != r.DeadIncarnation {
 		return
 	}
