@@ -144,6 +144,14 @@ func (s *Set) encode(r ref) []byte {
 	return raw
 }
 
+// emptyIndex is the stored form of an index with no entries.
+func emptyIndex(r ref) []byte {
+	if r.kind == kindIndex {
+		return []byte(`{"instances":{}}`)
+	}
+	return []byte(`{"connections":{}}`)
+}
+
 func sameValue(a, b []byte) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil

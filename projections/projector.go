@@ -61,6 +61,13 @@ func (Projector) Mutations(ctx context.Context, store state.Store, records []eve
 	var ops []state.Op
 	for i, r := range refs {
 		before, after := items[i].Value, set.encode(r)
+		if after == nil && r.kind != kindConnection && r.kind != kindInstance {
+			// An index that becomes empty is kept as an empty document. On
+			// Dapr's Redis store a conditional write to a deleted key
+			// succeeds whatever ETag it carries, so a delete would let a
+			// writer holding a stale ETag bring back an old index.
+			after = emptyIndex(r)
+		}
 		if sameValue(before, after) {
 			continue
 		}

@@ -138,9 +138,10 @@ func TestProjectorMutations(t *testing.T) {
 	checkSame(t, "stored views", liveViews(t, store), want)
 }
 
-// TestProjectorDeletesEmptyIndexes checks that an index left empty is
-// deleted, conditional on its ETag, rather than kept as an empty value.
-func TestProjectorDeletesEmptyIndexes(t *testing.T) {
+// TestProjectorKeepsEmptyIndexes checks that an index left empty is written
+// as an empty document, conditional on its ETag, rather than deleted: a
+// deleted key would accept a stale conditional write on Dapr's Redis store.
+func TestProjectorKeepsEmptyIndexes(t *testing.T) {
 	store := eventlogtest.OpenEmbedded(t, t.TempDir())
 	const stream = "pod-a/inc-a1"
 	connect := connectedEv(t, "e1", 1, 1, "c1", "pod-a", "inc-a1", "u1")
@@ -157,11 +158,11 @@ func TestProjectorDeletesEmptyIndexes(t *testing.T) {
 	for _, it := range items {
 		i := slices.IndexFunc(ops, func(op state.Op) bool { return op.Key == it.Key })
 		if i < 0 {
-			t.Errorf("no write to %s, want a delete", it.Key)
+			t.Errorf("no write to %s, want an upsert of an empty index", it.Key)
 			continue
 		}
-		if ops[i].Kind != state.Delete || ops[i].ETag != it.ETag {
-			t.Errorf("write to %s = kind %d etag %q, want a delete conditional on %q", it.Key, ops[i].Kind, ops[i].ETag, it.ETag)
+		if ops[i].Kind != state.Upsert || ops[i].ETag != it.ETag {
+			t.Errorf("write to %s = kind %d etag %q, want an upsert conditional on %q", it.Key, ops[i].Kind, ops[i].ETag, it.ETag)
 		}
 	}
 	if err := store.Transact(t.Context(), ops); err != nil {
@@ -169,9 +170,12 @@ func TestProjectorDeletesEmptyIndexes(t *testing.T) {
 	}
 	after, _ := store.BulkGet(t.Context(), []string{shardKey, projections.UserKey("u1")})
 	for _, it := range after {
-		if it.Exists() {
-			t.Errorf("%s = %s after its last connection closed, want it deleted", it.Key, it.Value)
+		if got, want := string(it.Value), `{"connections":{}}`; got != want {
+			t.Errorf("%s = %s after its last connection closed, want %s", it.Key, got, want)
 		}
+	}
+	if again := mutations(t, store, recordsOf(t, stream, disconnectedEv(t, "e2", 2, 2, "c1", "pod-a", "inc-a1", "u1", schemas.ReasonKicked, 4000))); len(again) != 0 {
+		t.Errorf("folding the disconnect again writes %v, want nothing", opKeys(again))
 	}
 }
 

@@ -1,11 +1,22 @@
 // Package workers holds the long-running loops of an instance: the
-// heartbeat, the reclaimer and the catch-up of views. Each loop runs until
-// its context ends and owns no socket state; what it learns about sockets it
-// learns through the functions it is given.
+// heartbeat, the liveness observer with the reclaimer it drives, and the
+// lifecycle publisher. Each loop runs until its context ends and owns no
+// socket state. What it learns about sockets, it learns through the
+// functions it is given.
+//
+// Heartbeat, Membership, Reclaimer and Publisher are safe for concurrent
+// use once built. Callbacks they are given (Heartbeat.Count,
+// Heartbeat.OnFenced) run on the loop's goroutine and must not block.
+//
+// The package does not promise exactly-once delivery of anything: a
+// reclaimed event may be appended twice when a claim is taken over, and a
+// lifecycle event may be published again after a restart. Both carry the
+// same ids when repeated, and the views fold them idempotently.
 package workers
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"time"
 
@@ -13,6 +24,10 @@ import (
 
 	"github.com/virtufin/websocketmanager/eventlog"
 )
+
+// ErrInvalidConfig is wrapped by every configuration problem a constructor
+// or Validate reports.
+var ErrInvalidConfig = errors.New("workers: invalid configuration")
 
 // Appender appends events durably; *eventlog.Writer implements it.
 type Appender interface {
@@ -28,6 +43,9 @@ type Identity struct {
 	Version     string
 }
 
+// Stream returns the name of the log stream this incarnation appends to.
+func (id Identity) Stream() string { return eventlog.StreamName(id.InstanceID, id.Incarnation) }
+
 // jitter returns a random duration in [0, d), so that instances started
 // together do not run their loops in lockstep.
 func jitter(d time.Duration) time.Duration {
@@ -39,6 +57,9 @@ func jitter(d time.Duration) time.Duration {
 
 // sleep waits for d or until ctx ends, and reports whether it waited fully.
 func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
