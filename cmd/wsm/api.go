@@ -127,10 +127,21 @@ type readiness struct {
 	Dependencies map[string]dependency `json:"dependencies"`
 }
 
+// dependency is one dependency's state: up or down for a probed store, or
+// closed, half-open or open for a circuit breaker.
 type dependency struct {
-	State     string `json:"state"` // up or down
-	Error     string `json:"error,omitempty"`
-	LatencyMS int64  `json:"latencyMs"`
+	State     string       `json:"state"`
+	Error     string       `json:"error,omitempty"`
+	LatencyMS int64        `json:"latencyMs,omitempty"`
+	Breaker   *breakerJSON `json:"breaker,omitempty"`
+}
+
+// breakerJSON holds a breaker's counts since its last state change.
+type breakerJSON struct {
+	Requests            uint32 `json:"requests"`
+	Successes           uint32 `json:"successes"`
+	Failures            uint32 `json:"failures"`
+	ConsecutiveFailures uint32 `json:"consecutiveFailures"`
 }
 
 func (a *api) readyz(w http.ResponseWriter, r *http.Request) {

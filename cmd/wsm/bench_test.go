@@ -131,4 +131,3 @@ func BenchmarkConnectCycle(b *testing.B) {
 		})
 	}
 }
-

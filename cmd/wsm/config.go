@@ -23,6 +23,12 @@ type serveConfig struct {
 	AllowAnonymous bool
 	JWTSecret      string // from WSM_JWT_SECRET only, never a flag: flags show up in ps
 
+	DaprAddress       string
+	StateStore        string
+	PubSub            string
+	EventsTopic       string
+	PublishHeartbeats bool
+
 	HeartbeatInterval time.Duration
 	HeartbeatTTL      time.Duration
 	ReclaimInterval   time.Duration
@@ -43,6 +49,10 @@ func defaultServeConfig() serveConfig {
 		Listen:  "127.0.0.1:8080",
 		DataDir: "wsm-data",
 		Backend: "embedded",
+
+		StateStore:  "statestore",
+		PubSub:      "pubsub",
+		EventsTopic: "system-events",
 
 		// A heartbeat every 5 s and a TTL of three missed beats: one lost
 		// or late beat never makes an instance suspect, and a dead one is
@@ -124,7 +134,13 @@ func bindServeFlags(fs *flag.FlagSet, c *serveConfig, env func(string) string) e
 
 	str(&c.Listen, "listen", "address of the HTTP and WebSocket listener, host:port")
 	str(&c.DataDir, "data-dir", "directory of the embedded store file")
-	str(&c.Backend, "backend", "state store and pub/sub backend: embedded")
+	str(&c.Backend, "backend", "state store and pub/sub backend: embedded (one process) or dapr (a fleet)")
+	c.DaprAddress = daprAddressFromEnv(env)
+	str(&c.DaprAddress, "dapr-address", "gRPC address of the Dapr sidecar; default from DAPR_GRPC_ENDPOINT or DAPR_GRPC_PORT")
+	str(&c.StateStore, "state-store", "name of the Dapr state store component")
+	str(&c.PubSub, "pubsub", "name of the Dapr pub/sub component")
+	str(&c.EventsTopic, "events-topic", "pub/sub topic that connected, disconnected and reclaimed events are published to")
+	boolean(&c.PublishHeartbeats, "publish-heartbeats", "also publish instance heartbeats to the events topic")
 	str(&c.InstanceID, "instance-id", "instance id; default $HOSTNAME, else a random UUID")
 	boolean(&c.AllowAnonymous, "allow-anonymous", "accept WebSocket clients without a token")
 	dur(&c.HeartbeatInterval, "heartbeat-interval", "time between heartbeats")
@@ -172,8 +188,16 @@ func (c *serveConfig) Validate() error {
 	if err != nil {
 		bad("--listen %q: %v; want host:port such as 127.0.0.1:8080", c.Listen, err)
 	}
-	if c.Backend != "embedded" {
-		bad("--backend %q: unknown or not available in this build; want embedded", c.Backend)
+	if c.Backend != "embedded" && c.Backend != "dapr" {
+		bad("--backend %q: unknown; want embedded or dapr", c.Backend)
+	}
+	if c.Backend == "dapr" {
+		if _, _, err := net.SplitHostPort(c.DaprAddress); err != nil {
+			bad("--dapr-address %q: %v; want host:port such as 127.0.0.1:50001", c.DaprAddress, err)
+		}
+		if c.StateStore == "" || c.PubSub == "" || c.EventsTopic == "" {
+			bad("--state-store, --pubsub and --events-topic must not be empty on the dapr backend")
+		}
 	}
 	if c.Backend == "embedded" && c.DataDir == "" {
 		bad("--data-dir is empty; the embedded backend needs a directory")

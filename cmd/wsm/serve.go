@@ -18,7 +18,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/virtufin/websocketmanager/eventlog"
-	"github.com/virtufin/websocketmanager/internal/embedded"
 	"github.com/virtufin/websocketmanager/projections"
 	"github.com/virtufin/websocketmanager/schemas"
 	"github.com/virtufin/websocketmanager/socket"
@@ -55,44 +54,89 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer, env 
 	return exitOK
 }
 
-// instance is one running incarnation with everything it owns.
+// instance is one running instance with everything it owns. Fencing
+// replaces its incarnation, so id and writer are read under mu.
 type instance struct {
-	cfg    serveConfig
-	logger zerolog.Logger // with instance_id and incarnation
-	// baseLogger has no instance fields, for packages that add their own.
-	baseLogger zerolog.Logger
-	id         workers.Identity
+	cfg        serveConfig
+	baseLogger zerolog.Logger // no instance fields, for packages that add their own
+	be         *backend
+	log        *eventlog.Log
+	views      projections.Reader
 
-	store  *embedded.Store
-	log    *eventlog.Log
-	writer *eventlog.Writer
-	sock   *socket.Server
-	beat   *workers.Heartbeat
-	http   *http.Server
+	mu         sync.Mutex
+	id         workers.Identity
+	writer     *eventlog.Writer
+	stopFollow context.CancelFunc // stops publishing the current stream
+	follows    sync.WaitGroup
+
+	sock      *socket.Server
+	beat      *workers.Heartbeat
+	members   *workers.Membership // nil on the embedded backend
+	reclaimer *workers.Reclaimer
+	publisher *workers.Publisher // nil on the embedded backend
+	http      *http.Server
+	fencing   sync.Mutex // one fence at a time
+}
+
+func (in *instance) logger() zerolog.Logger {
+	id := in.identity()
+	return in.baseLogger.With().Str("instance_id", id.InstanceID).Str("incarnation", id.Incarnation).Logger()
+}
+
+func (in *instance) identity() workers.Identity {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.id
+}
+
+func (in *instance) currentWriter() *eventlog.Writer {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.writer
+}
+
+// Append appends through the current incarnation's writer, so the socket
+// server keeps working across a fence.
+func (in *instance) Append(ctx context.Context, events ...*event.Event) error {
+	_, err := in.currentWriter().Append(ctx, events...)
+	return err
+}
+
+func newIdentity(instanceID, address string) workers.Identity {
+	return workers.Identity{
+		InstanceID:  instanceID,
+		Incarnation: uuid.Must(uuid.NewV7()).String(),
+		StartedAt:   time.Now().UTC(),
+		Address:     address,
+		Version:     version,
+	}
 }
 
 // serve runs an instance until ctx ends, then drains it. Startup order:
-// open the store, repair and catch up the log, reclaim what earlier
-// incarnations left, heartbeat starting, accept clients, heartbeat serving.
+// open the backend, repair and catch up the log, reclaim what earlier
+// incarnations left, heartbeat starting, accept clients, heartbeat serving,
+// then start the heartbeat, reclaim and publish loops.
 func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger, stdout io.Writer) error {
-	store, err := embedded.Open(cfg.DataDir, embedded.Options{})
-	if errors.Is(err, embedded.ErrLocked) {
-		return fmt.Errorf("%w: another wsm is serving from %s; stop it or pick another --data-dir", err, cfg.DataDir)
-	}
+	be, err := openBackend(ctx, cfg, logger)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
+	defer be.close()
 
 	opts := logOptions()
 	opts.Logger = logger
-	log := eventlog.Open(store, opts)
+	in := &instance{cfg: cfg, baseLogger: logger, be: be, log: eventlog.Open(be.store, opts), views: projections.Reader{Store: be.store}}
 
-	// This process holds the store's lock, so no stream has a live writer.
-	if _, err := log.RepairTails(ctx, func(string) bool { return true }); err != nil {
+	// Streams without a live writer: all of them when this process owns the
+	// store, else this instance id's earlier incarnations.
+	ownOld := func(stream string) bool {
+		inst, _ := eventlog.SplitStreamName(stream)
+		return be.exclusive || inst == cfg.InstanceID
+	}
+	if _, err := in.log.RepairTails(ctx, ownOld); err != nil {
 		return err
 	}
-	if n, err := log.CatchUpAll(ctx); err != nil {
+	if n, err := in.log.CatchUpAll(ctx); err != nil {
 		return err
 	} else if n > 0 {
 		logger.Info().Int("events", n).Msg("caught up views with the log")
@@ -104,37 +148,57 @@ func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger, stdout i
 	}
 	defer ln.Close()
 
-	inst := &instance{cfg: cfg, store: store, log: log, baseLogger: logger}
-	inst.id = workers.Identity{
-		InstanceID:  cfg.InstanceID,
-		Incarnation: uuid.Must(uuid.NewV7()).String(),
-		StartedAt:   time.Now().UTC(),
-		Address:     ln.Addr().String(),
-		Version:     version,
-	}
-	inst.logger = logger.With().Str("instance_id", inst.id.InstanceID).Str("incarnation", inst.id.Incarnation).Logger()
-
-	inst.writer, err = log.NewWriter(ctx, eventlog.StreamName(inst.id.InstanceID, inst.id.Incarnation))
+	in.id = newIdentity(cfg.InstanceID, ln.Addr().String())
+	in.writer, err = in.log.NewWriter(ctx, in.id.Stream())
 	if err != nil {
 		return err
 	}
-	defer inst.writer.Close(context.Background())
-
-	if err := inst.reclaimOnStart(ctx); err != nil {
+	if err := in.startWorkers(ctx); err != nil {
+		in.writer.Close(context.Background())
 		return err
 	}
-	return inst.run(ctx, ln, stdout)
+	return in.run(ctx, ln, stdout)
 }
 
-// reclaimOnStart reclaims the connections of earlier incarnations of this
-// instance id. On the embedded backend this process holds the store's lock,
-// so every other instance in the index is dead too and is reclaimed as well.
-func (in *instance) reclaimOnStart(ctx context.Context) error {
-	r := &workers.Reclaimer{ID: in.id, Log: in.writer, Store: in.store, Logger: in.logger}
-	if _, err := r.ReclaimPrevious(ctx); err != nil {
+// startWorkers builds the reclaimer, membership and publisher, and reclaims
+// what earlier incarnations of this instance id left. On the embedded
+// backend this process holds the store's lock, so every other instance in
+// the index is dead too and is reclaimed as well.
+func (in *instance) startWorkers(ctx context.Context) error {
+	logger := in.logger()
+	in.reclaimer = &workers.Reclaimer{
+		ID: in.id, Log: in.writer, Store: in.be.store, Logger: in.baseLogger, Interval: in.cfg.ReclaimInterval,
+	}
+	if !in.be.exclusive {
+		var err error
+		in.members, err = workers.NewMembership(workers.MembershipConfig{
+			Views: in.views, Self: in.id.InstanceID, TTL: in.cfg.HeartbeatTTL, Logger: in.baseLogger,
+		})
+		if err != nil {
+			return err
+		}
+		in.publisher, err = workers.NewPublisher(workers.PublisherConfig{
+			Log: in.log, PubSub: in.be.pubsub, Topic: in.cfg.EventsTopic, Heartbeats: in.cfg.PublishHeartbeats, Logger: in.baseLogger,
+		})
+		if err != nil {
+			return err
+		}
+		in.reclaimer.Members = in.members
+		in.reclaimer.Publication = in.publisher
+	}
+
+	if _, err := in.reclaimer.ReclaimPrevious(ctx); err != nil {
 		return fmt.Errorf("reclaim previous incarnation: %w", err)
 	}
-	ids, err := projections.Reader{Store: in.store}.InstanceIDs(ctx)
+	if in.publisher != nil {
+		if _, err := in.publisher.EnqueuePrevious(ctx, in.id.InstanceID, in.id.Incarnation); err != nil {
+			return fmt.Errorf("queue earlier streams for publishing: %w", err)
+		}
+	}
+	if !in.be.exclusive {
+		return nil
+	}
+	ids, err := in.views.InstanceIDs(ctx)
 	if err != nil {
 		return err
 	}
@@ -142,23 +206,16 @@ func (in *instance) reclaimOnStart(ctx context.Context) error {
 		if id == in.id.InstanceID {
 			continue
 		}
-		if _, err := r.ReclaimInstance(ctx, id); err != nil && !errors.Is(err, workers.ErrClaimLost) {
-			return fmt.Errorf("reclaim instance %s: %w", id, err)
+		if _, err := in.reclaimer.ReclaimInstance(ctx, id); err != nil && !errors.Is(err, workers.ErrClaimLost) {
+			logger.Warn().Err(err).Str("dead_instance_id", id).Msg("reclaim of an instance left in the store failed")
 		}
 	}
 	return nil
 }
 
-// appender adapts the log writer to the socket server.
-type appender struct{ w *eventlog.Writer }
-
-func (a appender) Append(ctx context.Context, events ...*event.Event) error {
-	_, err := a.w.Append(ctx, events...)
-	return err
-}
-
 func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) error {
 	cfg := in.cfg
+	logger := in.logger()
 	auth, err := socket.NewAuthenticator(socket.AuthConfig{Secret: []byte(cfg.JWTSecret), AllowAnonymous: cfg.AllowAnonymous})
 	if err != nil {
 		return err
@@ -171,7 +228,7 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 		ReadLimit:      cfg.ReadLimit,
 		SendQueue:      cfg.SendQueue,
 		MaxConnections: cfg.MaxConnections,
-	}, auth, appender{in.writer}, in.baseLogger)
+	}, auth, in, in.baseLogger)
 	if err != nil {
 		return err
 	}
@@ -179,30 +236,23 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	in.beat = &workers.Heartbeat{
 		ID:       in.id,
 		Log:      in.writer,
-		Views:    projections.Reader{Store: in.store},
+		Views:    in.views,
 		Interval: cfg.HeartbeatInterval,
 		Count:    in.sock.Count,
-		Logger:   in.logger,
-		OnFenced: func(by string) {
-			// One process holds the embedded store, so no other instance
-			// can claim this incarnation. Reaching here means the views
-			// were edited by hand.
-			in.logger.Error().Str("reclaimed_by", by).Msg("instance record claimed by another incarnation")
-		},
+		Logger:   in.baseLogger,
 	}
+	// beatLoops owns the heartbeat and reclaim goroutines, which stop before
+	// the drain; pubLoops owns the publisher's, which stop after it.
+	beatLoops, stopBeatLoops := context.WithCancel(context.Background())
+	defer stopBeatLoops()
+	pubLoops, stopPubLoops := context.WithCancel(context.Background())
+	defer stopPubLoops()
+	in.beat.OnFenced = func(by string) { go in.fence(pubLoops, by) }
 	if err := in.beat.Beat(ctx, schemas.StateStarting); err != nil {
 		return err
 	}
 
-	a := &api{store: in.store, log: in.log, views: projections.Reader{Store: in.store}, logger: in.logger}
-	a.ready = func(ctx context.Context) readiness {
-		st := checkStore(ctx, in.store)
-		rd := readiness{Status: statusHealthy, Dependencies: map[string]dependency{"statestore": st}}
-		if st.State != "up" {
-			rd.Status = statusUnhealthy
-		}
-		return rd
-	}
+	a := &api{store: in.be.store, log: in.log, views: in.views, logger: logger, ready: in.readiness}
 	mux := http.NewServeMux()
 	mux.Handle("GET /ws", in.sock)
 	a.routes(mux)
@@ -211,46 +261,156 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- in.http.Serve(ln) }()
 
-	if err := writeAddrFile(cfg.DataDir, ln.Addr().String()); err != nil {
-		in.logger.Warn().Err(err).Msg("cannot write the address file; replay and rebuild will not reach this service")
+	if cfg.Backend == "embedded" {
+		if err := writeAddrFile(cfg.DataDir, ln.Addr().String()); err != nil {
+			logger.Warn().Err(err).Msg("cannot write the address file; replay and rebuild will not reach this service")
+		}
+		defer os.Remove(filepath.Join(cfg.DataDir, addrFile))
 	}
-	defer os.Remove(filepath.Join(cfg.DataDir, addrFile))
 
 	if err := in.beat.Beat(ctx, schemas.StateServing); err != nil {
 		return err
 	}
-	beatCtx, stopBeats := context.WithCancel(context.Background())
-	var beats sync.WaitGroup
-	beats.Add(1)
-	go func() {
-		defer beats.Done()
-		in.beat.Run(beatCtx)
-	}()
+	var beatWG, pubWG sync.WaitGroup
+	beatWG.Go(func() { in.beat.Run(beatLoops) })
+	if in.members != nil {
+		beatWG.Go(func() { in.reclaimer.Run(beatLoops) })
+	}
+	if in.publisher != nil {
+		pubWG.Go(func() { in.publisher.Run(pubLoops) })
+		in.followStream(pubLoops, in.writer.Stream())
+	}
 
-	in.logger.Info().Str("address", ln.Addr().String()).Str("data_dir", cfg.DataDir).Msg("wsm serving")
+	logger.Info().Str("address", ln.Addr().String()).Str("backend", cfg.Backend).Msg("wsm serving")
 	fmt.Fprintf(stdout, "wsm serving: clients connect to ws://%s/ws, API at http://%s/v1/connections\n", ln.Addr(), ln.Addr())
 
 	var runErr error
 	select {
 	case <-ctx.Done():
-		in.logger.Info().Msg("shutdown signal received; draining")
+		logger.Info().Msg("shutdown signal received; draining")
 	case runErr = <-serveErr:
-		in.logger.Error().Err(runErr).Msg("HTTP server failed; draining")
+		logger.Error().Err(runErr).Msg("HTTP server failed; draining")
 	}
-	stopBeats()
-	beats.Wait()
-	return errors.Join(runErr, in.drain())
+	// No fence may start while draining, and the drain writes the last
+	// heartbeats itself.
+	in.fencing.Lock()
+	defer in.fencing.Unlock()
+	stopBeatLoops()
+	beatWG.Wait()
+	err = in.drain()
+	stopPubLoops()
+	pubWG.Wait()
+	return errors.Join(runErr, err)
+}
+
+// followStream publishes a stream live until the returned stop is called.
+func (in *instance) followStream(parent context.Context, stream string) {
+	ctx, cancel := context.WithCancel(parent)
+	in.mu.Lock()
+	in.stopFollow = cancel
+	in.mu.Unlock()
+	in.follows.Go(func() {
+		if err := in.publisher.Follow(ctx, stream); err != nil {
+			logger := in.logger()
+			logger.Error().Err(err).Str("stream", stream).Msg("publishing the stream stopped")
+		}
+	})
+}
+
+// readiness reports the store check on the embedded backend and each
+// breaker on Dapr: Healthy when all are closed, Degraded when one is
+// half-open, Unhealthy when one is open or the store does not respond.
+func (in *instance) readiness(ctx context.Context) readiness {
+	rd := readiness{Status: statusHealthy, Dependencies: map[string]dependency{}}
+	if len(in.be.pipelines) == 0 {
+		st := checkStore(ctx, in.be.store)
+		rd.Dependencies["statestore"] = st
+		if st.State != "up" {
+			rd.Status = statusUnhealthy
+		}
+		return rd
+	}
+	for _, p := range in.be.pipelines {
+		name, state, counts := p.State()
+		rd.Dependencies[name] = dependency{State: state, Breaker: &breakerJSON{
+			Requests: counts.Requests, Successes: counts.TotalSuccesses, Failures: counts.TotalFailures,
+			ConsecutiveFailures: counts.ConsecutiveFailures,
+		}}
+		switch {
+		case state == "open":
+			rd.Status = statusUnhealthy
+		case state == "half-open" && rd.Status == statusHealthy:
+			rd.Status = statusDegraded
+		}
+	}
+	return rd
+}
+
+// fence runs when a heartbeat finds this incarnation claimed by a peer: it
+// opens a stream for a new incarnation, closes every socket of the old one
+// with 1012 so clients reconnect, and heartbeats as the new incarnation.
+func (in *instance) fence(loops context.Context, by string) {
+	if !in.fencing.TryLock() {
+		return // draining, or another fence is running
+	}
+	defer in.fencing.Unlock()
+	ctx, cancel := context.WithTimeout(loops, in.cfg.ShutdownTimeout)
+	defer cancel()
+
+	old := in.identity()
+	oldWriter := in.currentWriter()
+	next := newIdentity(old.InstanceID, old.Address)
+	base := in.logger()
+	logger := base.With().Str("reclaimed_by", by).Str("new_incarnation", next.Incarnation).Logger()
+	logger.Warn().Msg("fenced: a peer reclaimed this incarnation; rejoining as a new one")
+
+	w, err := in.log.NewWriter(ctx, next.Stream())
+	if err != nil {
+		logger.Error().Err(err).Msg("fence failed: cannot open the new incarnation's stream")
+		return
+	}
+	in.mu.Lock()
+	in.id, in.writer = next, w
+	stopOld := in.stopFollow
+	in.mu.Unlock()
+
+	if err := in.sock.Fence(ctx, next.Incarnation); err != nil {
+		logger.Error().Err(err).Msg("closing the fenced connections did not finish")
+	}
+	if err := in.beat.Rejoin(next, w); err != nil {
+		logger.Error().Err(err).Msg("heartbeat rejoin failed")
+	}
+	if err := in.reclaimer.Rejoin(next, w); err != nil {
+		logger.Error().Err(err).Msg("reclaimer rejoin failed")
+	}
+	if err := in.beat.Beat(ctx, schemas.StateServing); err != nil {
+		logger.Error().Err(err).Msg("first heartbeat of the new incarnation failed")
+	}
+
+	if err := oldWriter.Close(ctx); err != nil {
+		logger.Warn().Err(err).Msg("closing the fenced incarnation's stream timed out")
+	}
+	if in.publisher != nil {
+		if stopOld != nil {
+			stopOld()
+		}
+		in.publisher.Enqueue(old.Stream())
+		in.followStream(loops, next.Stream())
+	}
+	logger.Info().Msg("rejoined as a new incarnation")
 }
 
 // drain stops the instance in a fixed order within the shutdown timeout:
 // heartbeat draining, refuse upgrades and close every socket with 1001,
-// appending each one's disconnected event, heartbeat stopped, then stop the HTTP
-// server and the log writer.
+// appending each one's disconnected event, heartbeat stopped, stop the HTTP
+// server and the log writer, then publish the stream's tail.
 func (in *instance) drain() error {
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
 	defer cancel()
+	logger := in.logger()
 	var errs []error
 
+	in.beat.SetState(schemas.StateDraining)
 	if err := in.beat.Beat(ctx, schemas.StateDraining); err != nil {
 		errs = append(errs, fmt.Errorf("heartbeat draining: %w", err))
 	}
@@ -263,14 +423,29 @@ func (in *instance) drain() error {
 	if err := in.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))
 	}
-	if err := in.writer.Close(ctx); err != nil {
+	w := in.currentWriter()
+	if err := w.Close(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("close log writer: %w", err))
+	}
+	if in.publisher != nil {
+		in.mu.Lock()
+		stop := in.stopFollow
+		in.mu.Unlock()
+		if stop != nil {
+			stop()
+		}
+		in.follows.Wait()
+		// Nobody reclaims a stream that stopped cleanly, so its tail is
+		// published here or by this instance id's next start.
+		if err := in.publisher.Drain(ctx, w.Stream()); err != nil {
+			logger.Warn().Err(err).Msg("events of this incarnation not yet published; the next start publishes them")
+		}
 	}
 	err := errors.Join(errs...)
 	if err != nil {
-		in.logger.Error().Err(err).Msg("drain incomplete")
+		logger.Error().Err(err).Msg("drain incomplete")
 	} else {
-		in.logger.Info().Msg("drained and stopped")
+		logger.Info().Msg("drained and stopped")
 	}
 	return err
 }

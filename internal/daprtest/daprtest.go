@@ -16,6 +16,7 @@ package daprtest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -65,6 +66,9 @@ type Options struct {
 	// RedisAddr is the Redis the default components use. Default
 	// DefaultRedisAddr, which is started when it does not respond.
 	RedisAddr string
+	// PubSubRedisAddr, when set, moves the pub/sub component to another
+	// Redis, so a test can stop the state store alone.
+	PubSubRedisAddr string
 	// AppPort, when set, is the port on 127.0.0.1 where the app serves
 	// HTTP. The sidecar then requests the app's subscriptions at start and
 	// delivers messages there.
@@ -73,6 +77,12 @@ type Options struct {
 	Components []Component
 	// LogLevel of daprd. Default "warn".
 	LogLevel string
+	// Prefix, when set, replaces the random key prefix, so that the
+	// sidecars of one fleet share their state keys and topics.
+	Prefix string
+	// AppID is the sidecar's app id. Default "wsm". Sidecars with different
+	// app ids each get every message of a topic.
+	AppID string
 }
 
 // Daprd is one sidecar of a test.
@@ -120,10 +130,16 @@ func Prepare(t testing.TB, opts Options) *Daprd {
 	if opts.LogLevel == "" {
 		opts.LogLevel = "warn"
 	}
+	if opts.AppID == "" {
+		opts.AppID = "wsm"
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "wsmtest-" + randomHex(t, 6)
+	}
 	d := &Daprd{
 		StateStore: StateStore,
 		PubSub:     PubSub,
-		Prefix:     "wsmtest-" + randomHex(t, 6),
+		Prefix:     opts.Prefix,
 		RedisAddr:  opts.RedisAddr,
 		bin:        Binary(t),
 		resources:  t.TempDir(),
@@ -138,6 +154,11 @@ func Prepare(t testing.TB, opts Options) *Daprd {
 	t.Cleanup(func() {
 		if err := DeleteKeys(opts.RedisAddr, d.Prefix); err != nil {
 			t.Errorf("delete Redis keys of %s: %v", d.Prefix, err)
+		}
+		if opts.PubSubRedisAddr != "" && opts.PubSubRedisAddr != opts.RedisAddr {
+			if err := DeleteKeys(opts.PubSubRedisAddr, d.Prefix); err != nil {
+				t.Errorf("delete Redis keys of %s: %v", d.Prefix, err)
+			}
 		}
 	})
 	t.Cleanup(func() {
@@ -183,8 +204,8 @@ func (d *Daprd) writeComponents(t testing.TB) {
 			"keyPrefix": d.Prefix,
 		}},
 		{Name: d.PubSub, Type: "pubsub.redis", Metadata: map[string]string{
-			"redisHost":  d.RedisAddr,
-			"consumerID": d.Prefix,
+			"redisHost":  cmp.Or(d.opts.PubSubRedisAddr, d.RedisAddr),
+			"consumerID": d.Prefix + "-" + d.opts.AppID,
 		}},
 	}
 	comps = append(comps, d.opts.Components...)
@@ -220,7 +241,7 @@ func (d *Daprd) Start(t testing.TB) {
 		t.Fatalf("daprd %s started twice", d.Prefix)
 	}
 	args := []string{
-		"--app-id", "wsm",
+		"--app-id", d.opts.AppID,
 		"--resources-path", d.resources,
 		"--dapr-grpc-port", strconv.Itoa(d.ports[0]),
 		"--dapr-http-port", strconv.Itoa(d.ports[1]),
