@@ -61,7 +61,7 @@ func (r verifyReport) print(w io.Writer) {
 func runRebuild(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) string) int {
 	fs := flag.NewFlagSet("wsm rebuild", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dataDir := fs.String("data-dir", envOr(env, "WSM_DATA_DIR", "wsm-data"), "data directory of the embedded store (env WSM_DATA_DIR)")
+	where := bindStoreFlags(fs, env)
 	verify := fs.Bool("verify", false, "compare the rebuilt views with the live ones and exit 1 on a difference, writing nothing")
 	if err := fs.Parse(args); err != nil {
 		return exitBadUsage
@@ -70,13 +70,21 @@ func runRebuild(ctx context.Context, args []string, stdout, stderr io.Writer, en
 		fmt.Fprintf(stderr, "wsm rebuild: unexpected argument %q\n", fs.Arg(0))
 		return exitBadUsage
 	}
+	if err := where.validate(); err != nil {
+		fmt.Fprintf(stderr, "wsm rebuild: %v\n", err)
+		return exitBadUsage
+	}
 
 	if !*verify {
-		return rebuildInPlace(ctx, *dataDir, stdout, stderr)
+		if where.backend != "embedded" {
+			fmt.Fprintln(stderr, "wsm rebuild: writing views is only offered on the embedded backend; use --verify on dapr")
+			return exitBadUsage
+		}
+		return rebuildInPlace(ctx, where.dataDir, stdout, stderr)
 	}
 
 	var rep verifyReport
-	err := withLog(ctx, *dataDir, func(log *eventlog.Log) error {
+	err := withLog(ctx, where, func(log *eventlog.Log) error {
 		res, err := projections.Verify(ctx, log.Store())
 		rep = newVerifyReport(res)
 		return err

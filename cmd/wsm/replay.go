@@ -204,7 +204,7 @@ func (s *stringList) Set(v string) error { *s = append(*s, v); return nil }
 func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, env func(string) string) int {
 	fs := flag.NewFlagSet("wsm replay", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dataDir := fs.String("data-dir", envOr(env, "WSM_DATA_DIR", "wsm-data"), "data directory of the embedded store (env WSM_DATA_DIR)")
+	where := bindStoreFlags(fs, env)
 	since := fs.String("since", "", "only events at or after this RFC 3339 time, or this long ago (such as 1h)")
 	until := fs.String("until", "", "only events before this RFC 3339 time, or this long ago")
 	var types stringList
@@ -219,6 +219,10 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, env
 		fmt.Fprintf(stderr, "wsm replay: unexpected argument %q\n", fs.Arg(0))
 		return exitBadUsage
 	}
+	if err := where.validate(); err != nil {
+		fmt.Fprintf(stderr, "wsm replay: %v\n", err)
+		return exitBadUsage
+	}
 	vals := map[string]string{"since": *since, "until": *until, "subject": *subject, "instance": *instance}
 	f, err := filterFromValues(func(k string) string { return vals[k] }, types, time.Now())
 	if err != nil {
@@ -226,7 +230,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, env
 		return exitBadUsage
 	}
 
-	err = withLog(ctx, *dataDir, func(log *eventlog.Log) error {
+	err = withLog(ctx, where, func(log *eventlog.Log) error {
 		return writeRecords(ctx, log, f, *follow, stdout, func() {})
 	}, func(base string) error {
 		q := f.values()
