@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/lxzan/gws"
 
 	"github.com/virtufin/websocketmanager/internal/daprtest"
 	"github.com/virtufin/websocketmanager/schemas"
@@ -322,6 +323,10 @@ func TestFleetReclaimsKilledInstance(t *testing.T) {
 	verifyDapr(t, sidecars[1])
 }
 
+func gwsDial(h gws.Event, url string, hdr http.Header) (*gws.Conn, *http.Response, error) {
+	return gws.NewClient(h, &gws.ClientOption{Addr: url, RequestHeader: hdr})
+}
+
 func sameSet(a, b map[string]bool) bool {
 	if len(a) != len(b) {
 		return false
@@ -332,4 +337,86 @@ func sameSet(a, b map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+// TestFleetFencesPausedInstance freezes an instance past the heartbeat TTL,
+// so a peer reclaims it while its process still holds sockets. Resumed, it
+// must find itself fenced, close those sockets with 1012 and serve again as
+// a new incarnation.
+func TestFleetFencesPausedInstance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs two Dapr sidecars and two wsm processes")
+	}
+	prefix := fleetPrefix(t)
+	topic := prefix + ".system-events"
+	sidecars := []*daprtest.Daprd{daprtest.Sidecar(t, daprtest.Options{Prefix: prefix}), daprtest.Sidecar(t, daprtest.Options{Prefix: prefix})}
+	paused := startDaprService(t, sidecars[0], "pod-paused", topic)
+	peer := startDaprService(t, sidecars[1], "pod-peer", topic)
+
+	const n = 10
+	recs := make([]*closeRecorder, n)
+	for i := range recs {
+		recs[i] = &closeRecorder{welcome: make(chan struct{}, 1), code: make(chan uint16, 1)}
+		hdr := http.Header{"Authorization": {"Bearer " + token(t, "u")}}
+		conn, _, err := gwsDial(recs[i], paused.wsURL(), hdr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go conn.ReadLoop()
+		select {
+		case <-recs[i].welcome:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("client %d got no welcome", i)
+		}
+	}
+	waitFor(t, 20*time.Second, "the peer to see the paused instance's connections", func() bool {
+		return len(openConnectionIDs(t, peer, "?instance=pod-paused")) == n
+	})
+
+	paused.cmd.Process.Signal(syscall.SIGSTOP)
+	waitFor(t, fleetTTL+2*fleetReclaim+20*time.Second, "the peer to reclaim the paused instance", func() bool {
+		return len(openConnectionIDs(t, peer, "?instance=pod-paused")) == 0
+	})
+	paused.cmd.Process.Signal(syscall.SIGCONT)
+
+	for i, r := range recs {
+		select {
+		case code := <-r.code:
+			if code != 1012 {
+				t.Errorf("client %d: close code %d, want 1012 (service restart)", i, code)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("client %d was not closed within 30s of the fenced instance resuming", i)
+		}
+	}
+
+	// The fenced instance serves again under a new incarnation.
+	c, err := dial(t, paused.wsURL(), "after-fence")
+	if err != nil {
+		t.Fatalf("connect after the fence: %v", err)
+	}
+	waitFor(t, 20*time.Second, "the new connection to be listed", func() bool {
+		return openConnectionIDs(t, peer, "?instance=pod-paused")[c.id]
+	})
+	var inst struct {
+		Instances []struct {
+			InstanceID  string `json:"instanceId"`
+			Incarnation string `json:"incarnation"`
+			State       string `json:"state"`
+		} `json:"instances"`
+	}
+	getJSON(t, peer.base+"/v1/instances", &inst)
+	found := false
+	for _, i := range inst.Instances {
+		if i.InstanceID == "pod-paused" {
+			found = true
+			if i.State != schemas.StateServing {
+				t.Errorf("pod-paused state = %q, want %q", i.State, schemas.StateServing)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("pod-paused is not in the instance index after rejoining: %+v", inst.Instances)
+	}
+	verifyDapr(t, sidecars[1])
 }
