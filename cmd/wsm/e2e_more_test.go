@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"net/http"
@@ -226,5 +227,59 @@ func TestReplayFiltersOnStoppedStore(t *testing.T) {
 	out, err := exec.Command(wsmBinary(t), "replay", "--data-dir", t.TempDir()+"/none").CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "no store in") {
 		t.Errorf("replay of a missing data dir: err %v, output %q; want a failure naming the missing store", err, out)
+	}
+}
+
+// TestReplayFollowThroughService tails the log of a running service: a
+// client that connects after `wsm replay --follow` started shows up in it.
+func TestReplayFollowThroughService(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a process")
+	}
+	dataDir := t.TempDir()
+	svc := startService(t, dataDir)
+
+	cmd := exec.Command(wsmBinary(t), "replay", "--data-dir", dataDir, "--follow", "--type", "connection.connected")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+
+	c, err := dial(t, svc.wsURL(), "follower")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(15 * time.Second)
+	for {
+		select {
+		case line, ok := <-lines:
+			if !ok {
+				t.Fatal("replay --follow ended before the connect showed up")
+			}
+			if strings.Contains(line, c.id) {
+				if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+					t.Fatal(err)
+				}
+				if err := cmd.Wait(); err != nil {
+					t.Errorf("replay --follow after SIGINT: %v, want exit 0", err)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("connected event of %s not printed by replay --follow within 15s", c.id)
+		}
 	}
 }
