@@ -27,8 +27,8 @@ const verifyRounds = 20
 // with the live views, key by key.
 //
 // On a store that takes snapshots, the log and the views are read as of one
-// moment. Elsewhere the fleet may append while Verify reads, so it reads the
-// live views, then the stream heads, and when the heads moved past what it
+// moment. Elsewhere the fleet may append while Verify reads. So Verify reads
+// the live views and then the stream heads. When the heads moved past what it
 // folded, it folds the new events and reads the views again, until the heads
 // stand still across one read of the views.
 func Verify(ctx context.Context, store state.Store) (VerifyResult, error) {

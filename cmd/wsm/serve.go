@@ -303,7 +303,8 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	return errors.Join(runErr, err)
 }
 
-// followStream publishes a stream live until the returned stop is called.
+// followStream publishes a stream live until parent ends or stopFollow,
+// which it sets, is called.
 func (in *instance) followStream(parent context.Context, stream string) {
 	ctx, cancel := context.WithCancel(parent)
 	in.mu.Lock()
@@ -400,10 +401,10 @@ func (in *instance) fence(loops context.Context, by string) {
 	logger.Info().Msg("rejoined as a new incarnation")
 }
 
-// drain stops the instance in a fixed order within the shutdown timeout:
-// heartbeat draining, refuse upgrades and close every socket with 1001,
-// appending each one's disconnected event, heartbeat stopped, stop the HTTP
-// server and the log writer, then publish the stream's tail.
+// drain stops the instance in a fixed order within the shutdown timeout.
+// It heartbeats draining, refuses upgrades and closes every socket with 1001,
+// appending each one's disconnected event, and heartbeats stopped. Then it
+// stops the HTTP server and the log writer and publishes the stream's tail.
 func (in *instance) drain() error {
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
 	defer cancel()
@@ -435,7 +436,7 @@ func (in *instance) drain() error {
 			stop()
 		}
 		in.follows.Wait()
-		// Nobody reclaims a stream that stopped cleanly, so its tail is
+		// No peer reclaims a stream that stopped cleanly, so its tail is
 		// published here or by this instance id's next start.
 		if err := in.publisher.Drain(ctx, w.Stream()); err != nil {
 			logger.Warn().Err(err).Msg("events of this incarnation not yet published; the next start publishes them")
