@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -13,22 +14,60 @@ import (
 	"github.com/virtufin/websocketmanager/schemas"
 )
 
+// Errors of Append besides ErrClosed.
+var (
+	// ErrQueued reports an Append whose context ended before its events
+	// were committed. The events were not rejected: they stay queued and
+	// are committed in order, behind everything appended before them, once
+	// the store takes them. Only a Close that runs out of time drops them.
+	ErrQueued = errors.New("eventlog: not committed yet, events stay queued")
+	// ErrQueueFull reports an Append rejected because Options.MaxQueue
+	// events already wait for the store. None of its events was queued.
+	ErrQueueFull = errors.New("eventlog: append queue full")
+)
+
+// retryMinDelay is the first wait after a failed commit. The delay then
+// doubles up to Options.RetryMaxDelay.
+const retryMinDelay = 50 * time.Millisecond
+
+// retryWarnEvery spaces the warnings of a commit that keeps failing. One
+// line per 10 s shows that the store is still down without flooding the log
+// at one attempt per RetryMaxDelay.
+const retryWarnEvery = 10 * time.Second
+
 // Writer appends to one stream. Create it with Log.NewWriter.
+//
+// A commit that fails because the store is unreachable or slow is retried
+// with capped exponential back-off until it succeeds or Close gives up.
+// Later appends queue behind it, so the stream keeps the order in which
+// appends arrived and has no gap. The queue holds at most Options.MaxQueue
+// events.
 type Writer struct {
 	log    *Log
 	stream string
 	atomic bool
 
-	reqs    chan *appendRequest
-	stop    chan struct{}
-	done    chan struct{}
-	closing sync.Once
+	mu        sync.Mutex
+	queue     []*appendRequest // accepted, not yet taken by the commit goroutine
+	queued    int              // events in queue
+	unsettled int              // events accepted and neither committed nor rejected
+	closed    bool             // Close was called: no more appends
+	notify    chan struct{}    // capacity 1: the queue grew or Close was called
+
+	cancel   context.CancelFunc // ends the context of the commit goroutine's store calls
+	abort    chan struct{}      // closed when a Close gives up: stop retrying
+	aborting sync.Once
+	done     chan struct{}
+	exitErr  error // written before done closes
 
 	// Owned by the commit goroutine.
 	next       uint64 // sequence of the next event
 	checkpoint uint64 // last sequence whose views are known to be written
 	pending    uint64 // non-atomic stores: sequence to record as projected in the next commit
 	lagging    bool   // some committed events still need their views written
+	dropped    int    // events given up when Close ran out of time
+	lastWarn   time.Time
+	silenced   int // retry warnings left out since lastWarn
 }
 
 type appendRequest struct {
@@ -50,29 +89,54 @@ func (l *Log) NewWriter(ctx context.Context, stream string) (*Writer, error) {
 	if err := l.registerStream(ctx, stream); err != nil {
 		return nil, err
 	}
+	runCtx, cancel := context.WithCancel(context.Background())
 	w := &Writer{
 		log:    l,
 		stream: stream,
 		atomic: l.store.Capabilities().Atomic,
-		reqs:   make(chan *appendRequest, l.opts.MaxBatch),
-		stop:   make(chan struct{}),
+		notify: make(chan struct{}, 1),
+		cancel: cancel,
+		abort:  make(chan struct{}),
 		done:   make(chan struct{}),
 		next:   1,
 	}
-	go w.run()
+	go w.run(runCtx)
 	return w, nil
 }
 
 // Stream returns the name of the stream this writer appends to.
 func (w *Writer) Stream() string { return w.stream }
 
+// Backlog returns how many accepted events are neither committed nor
+// rejected yet: the batch being committed and the queue behind it. After a
+// Close that gave up, it also counts the events that Close dropped.
+func (w *Writer) Backlog() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.unsettled
+}
+
 // Append validates the events, assigns each the next sequence of the stream
 // (setting its sequence extension) and returns once they are durable, in the
 // order given. Events of one call are committed in one transaction. When any
 // event is invalid, nothing is written and the error names the field.
 //
-// If ctx ends while the commit is in flight, Append returns ctx's error and
-// the events may still be committed.
+// Append never waits for room in the queue. Once it has queued the events,
+// the outcome is one of:
+//
+//   - nil: the events are committed;
+//   - an error matching ErrQueued, when ctx ends first: the events are
+//     still queued and will be committed after every event appended before
+//     them;
+//   - an error matching ErrClosed, when Close gave up before committing
+//     them;
+//   - any other error: the commit failed for good (the store rejected an
+//     invalid argument or is closed, or an event failed to encode), and
+//     nothing was written.
+//
+// Before queueing, Append fails with ErrClosed after Close, with
+// ErrQueueFull when the queue is full, and with ctx's error when ctx has
+// already ended; none of them writes anything.
 func (w *Writer) Append(ctx context.Context, events ...*event.Event) ([]Position, error) {
 	if len(events) == 0 {
 		return nil, nil
@@ -84,140 +148,260 @@ func (w *Writer) Append(ctx context.Context, events ...*event.Event) ([]Position
 			}
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("eventlog: append to %s: %w", w.stream, err)
+	}
+
 	req := &appendRequest{events: events, done: make(chan appendResult, 1)}
-	// A select picks at random among ready cases, so without this check an
-	// Append after Close could still queue its request.
-	select {
-	case <-w.stop:
-		return nil, ErrClosed
-	default:
+	if err := w.enqueue(req); err != nil {
+		return nil, err
 	}
-	select {
-	case w.reqs <- req:
-	case <-w.stop:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+
 	select {
 	case res := <-req.done:
 		return res.positions, res.err
-	case <-w.done:
-		// The commit goroutine replies to every request it takes before it
-		// exits, so a request still unanswered now was queued after the
-		// final drain and was never written.
+	case <-w.abort:
+		return w.resultAfterAbort(req)
+	case <-ctx.Done():
 		select {
 		case res := <-req.done:
 			return res.positions, res.err
+		case <-w.abort:
+			return w.resultAfterAbort(req)
 		default:
-			return nil, ErrClosed
 		}
-	case <-ctx.Done():
-		return nil, fmt.Errorf("eventlog: append to %s: outcome unknown: %w", w.stream, ctx.Err())
+		return nil, fmt.Errorf("eventlog: append to %s: %w: %w", w.stream, ErrQueued, ctx.Err())
 	}
 }
 
-// Close commits what is queued, records the projection checkpoint and stops
-// the writer. Appends after Close fail with ErrClosed. Close is idempotent;
-// it returns ctx's error if the queue does not drain in time.
+// resultAfterAbort returns the result of an Append whose writer gave up.
+// The commit goroutine may still be inside a store call, so Append does not
+// wait for it.
+func (w *Writer) resultAfterAbort(req *appendRequest) ([]Position, error) {
+	select {
+	case res := <-req.done:
+		return res.positions, res.err
+	default:
+		return nil, fmt.Errorf("eventlog: append to %s: writer gave up, commit not confirmed: %w", w.stream, ErrClosed)
+	}
+}
+
+func (w *Writer) enqueue(req *appendRequest) error {
+	n := len(req.events)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+
+	if w.closed {
+		return ErrClosed
+	}
+	if limit := w.log.opts.MaxQueue; w.unsettled+n > limit {
+		return fmt.Errorf("eventlog: append to %s: %w: %d events wait for the store, limit %d",
+			w.stream, ErrQueueFull, w.unsettled, limit)
+	}
+	w.queue = append(w.queue, req)
+	w.queued += n
+	w.unsettled += n
+	w.signal()
+	return nil
+}
+
+// signal wakes the commit goroutine. The caller holds mu.
+func (w *Writer) signal() {
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+// Close stops taking appends, commits what is queued, records the
+// projection checkpoint and stops the writer. While the store is down, it
+// keeps retrying until ctx ends. Then it gives up: the events not yet
+// committed are dropped, their Appends fail with ErrClosed, and the
+// returned error counts them. The batch in flight at that moment may still
+// land. Appends after Close fail with ErrClosed.
+//
+// Close is idempotent. When it gives up, the commit goroutine exits as soon
+// as its current store call returns, which the store bounds through the
+// canceled context.
 func (w *Writer) Close(ctx context.Context) error {
-	w.closing.Do(func() { close(w.stop) })
+	w.mu.Lock()
+	if !w.closed {
+		w.closed = true
+		w.signal()
+	}
+	w.mu.Unlock()
+
 	select {
 	case <-w.done:
-		return nil
+		return w.exitErr
 	case <-ctx.Done():
-		return ctx.Err()
+	}
+
+	w.aborting.Do(func() {
+		close(w.abort)
+		w.cancel()
+	})
+	if left := w.Backlog(); left > 0 {
+		return fmt.Errorf("eventlog: close %s: gave up with %d events not committed: %w", w.stream, left, ctx.Err())
+	}
+	return nil
+}
+
+func (w *Writer) aborted() bool {
+	select {
+	case <-w.abort:
+		return true
+	default:
+		return false
 	}
 }
 
-func (w *Writer) run() {
+func (w *Writer) run(ctx context.Context) {
 	defer close(w.done)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	defer w.cancel()
 
 	for {
-		var first *appendRequest
-		select {
-		case first = <-w.reqs:
-		case <-w.stop:
-			w.drain(ctx)
-			w.flushCheckpoint(ctx)
-			return
+		batch := w.take()
+		if batch == nil {
+			break
 		}
-		batch := w.collect(first)
 		w.commit(ctx, batch)
 	}
-}
-
-// drain commits what was queued before Close.
-func (w *Writer) drain(ctx context.Context) {
-	for {
-		select {
-		case r := <-w.reqs:
-			w.commit(ctx, w.collect(r))
-		default:
-			return
-		}
+	if !w.aborted() {
+		w.flushCheckpoint(ctx)
+	}
+	w.dropQueue()
+	if w.dropped > 0 {
+		w.exitErr = fmt.Errorf("eventlog: close %s: %d events not committed: %w", w.stream, w.dropped, ErrClosed)
 	}
 }
 
-// collect gathers the requests queued behind first, up to MaxBatch events,
-// waiting CommitWindow for more when it is set.
-func (w *Writer) collect(first *appendRequest) []*appendRequest {
-	batch := []*appendRequest{first}
-	n := len(first.events)
+// take waits for queued requests and returns the oldest of them, up to
+// MaxBatch events, waiting CommitWindow for more when it is set. It returns
+// nil once the writer is closed and its queue empty, or when Close gave up.
+func (w *Writer) take() []*appendRequest {
+	var timer *time.Timer
 	var window <-chan time.Time
-	if w.log.opts.CommitWindow > 0 {
-		t := time.NewTimer(w.log.opts.CommitWindow)
-		defer t.Stop()
-		window = t.C
-	}
-	for n < w.log.opts.MaxBatch {
-		if window == nil {
-			select {
-			case r := <-w.reqs:
-				batch = append(batch, r)
-				n += len(r.events)
-				continue
-			default:
-			}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+
+	windowOver := w.log.opts.CommitWindow <= 0
+	for {
+		if w.aborted() {
+			return nil
+		}
+		w.mu.Lock()
+		ready := w.queued > 0 && (windowOver || w.closed || w.queued >= w.log.opts.MaxBatch)
+		if ready {
+			batch := w.cut()
+			w.mu.Unlock()
 			return batch
+		}
+		empty, closed := w.queued == 0, w.closed
+		w.mu.Unlock()
+
+		if empty && closed {
+			return nil
+		}
+		if !empty && timer == nil {
+			timer = time.NewTimer(w.log.opts.CommitWindow)
+			window = timer.C
 		}
 		select {
-		case r := <-w.reqs:
-			batch = append(batch, r)
-			n += len(r.events)
+		case <-w.notify:
 		case <-window:
-			return batch
+			windowOver = true
+		case <-w.abort:
+			return nil
 		}
 	}
+}
+
+// cut removes the oldest requests from the queue: at least one, and more
+// while the batch has fewer than MaxBatch events. The caller holds mu.
+func (w *Writer) cut() []*appendRequest {
+	var k, n int
+	for k < len(w.queue) && n < w.log.opts.MaxBatch {
+		n += len(w.queue[k].events)
+		k++
+	}
+	batch := make([]*appendRequest, k)
+	copy(batch, w.queue)
+	clear(w.queue[:k])
+	w.queue = w.queue[k:]
+	if len(w.queue) == 0 {
+		w.queue = nil
+	}
+	w.queued -= n
 	return batch
 }
 
+// dropQueue fails every request still queued when the goroutine stops,
+// which happens only after Close gave up.
+func (w *Writer) dropQueue() {
+	w.mu.Lock()
+	left := w.queue
+	w.queue, w.queued = nil, 0
+	w.mu.Unlock()
+
+	for _, r := range left {
+		w.dropped += len(r.events)
+		r.done <- appendResult{err: fmt.Errorf("eventlog: append to %s: writer closed before the commit: %w", w.stream, ErrClosed)}
+	}
+}
+
+// commit writes one batch, retrying while the failure is one that time can
+// fix. The sequences of a batch never change between attempts: a retry
+// happens only once the stream head shows that no earlier attempt landed.
 func (w *Writer) commit(ctx context.Context, batch []*appendRequest) {
 	records, eventOps, err := w.encode(batch)
 	if err != nil {
 		w.reply(batch, nil, err)
 		return
 	}
-	last := records[len(records)-1].Seq
+	first, last := records[0].Seq, records[len(records)-1].Seq
 
 	if w.lagging {
 		w.catchUp(ctx)
 	}
-	err = w.transact(ctx, records, eventOps)
-	if err != nil {
-		committed, rerr := w.resolve(ctx, last)
-		if rerr != nil || !committed {
+	failed := 0
+	var since time.Time
+	for {
+		err = w.transact(ctx, records, eventOps)
+		if err == nil {
+			break
+		}
+		if failed == 0 {
+			since = time.Now()
+		}
+		landed, known, waited := w.resolve(ctx, first, last, &failed)
+		if !known {
+			w.giveUp(batch)
+			return
+		}
+		if landed {
+			// The events are in, so the append succeeded; their views may not be.
+			w.log.opts.Logger.Warn().Err(err).Str("stream", w.stream).Uint64("seq", last).
+				Msg("events committed but view writes failed; views will be caught up")
+			w.lagging = true
+			break
+		}
+		if !retryable(err) {
 			w.reply(batch, nil, fmt.Errorf("eventlog: append to %s: %w", w.stream, err))
 			return
 		}
-		// The events are in, so the append succeeded; their views may not be.
-		w.log.opts.Logger.Warn().Err(err).Str("stream", w.stream).Uint64("seq", last).
-			Msg("events committed but view writes failed; views will be caught up")
-		w.lagging = true
+		failed++
+		w.warnRetry(err, "commit failed; retrying", failed, first, last)
+		// A head read that had to wait means the store has just come back,
+		// so the next attempt goes at once.
+		if !waited && !w.pause(failed) {
+			w.giveUp(batch)
+			return
+		}
 	}
-
 	w.next = last + 1
 	w.log.wake.broadcast()
 	pos := make([]Position, len(records))
@@ -225,6 +409,60 @@ func (w *Writer) commit(ctx context.Context, batch []*appendRequest) {
 		pos[i] = r.Position()
 	}
 	w.reply(batch, pos, nil)
+
+	if failed > 0 {
+		w.log.opts.Logger.Info().Str("stream", w.stream).Uint64("first_seq", first).Uint64("seq", last).
+			Int("failed_attempts", failed).Str("after", time.Since(since).Round(time.Millisecond).String()).
+			Int("backlog", w.Backlog()).Msg("commit succeeded after the store recovered")
+		w.lastWarn, w.silenced = time.Time{}, 0
+	}
+}
+
+// retryable reports whether a failed commit can succeed later. The store
+// rejects an invalid request or a conditional write again however long the
+// writer waits, and a closed store stays closed. Anything else, including a
+// timeout or an open circuit breaker, is taken as an outage.
+func retryable(err error) bool {
+	return !errors.Is(err, state.ErrInvalidArgument) &&
+		!errors.Is(err, state.ErrETagMismatch) &&
+		!errors.Is(err, state.ErrClosed)
+}
+
+// pause waits before the next attempt: exponential from retryMinDelay,
+// capped at RetryMaxDelay, with half of it random so that writers of a
+// fleet do not retry in step. It returns false when Close gave up.
+func (w *Writer) pause(failed int) bool {
+	d := min(retryMinDelay<<min(failed-1, 16), w.log.opts.RetryMaxDelay)
+	d = d/2 + rand.N(d/2+1)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-w.abort:
+		return false
+	}
+}
+
+// warnRetry logs a failed attempt at most once per retryWarnEvery, with how
+// many it left out.
+func (w *Writer) warnRetry(err error, msg string, failed int, first, last uint64) {
+	if !w.lastWarn.IsZero() && time.Since(w.lastWarn) < retryWarnEvery {
+		w.silenced++
+		return
+	}
+	w.log.opts.Logger.Warn().Err(err).Str("stream", w.stream).Uint64("first_seq", first).Uint64("seq", last).
+		Int("failed_attempts", failed).Int("backlog", w.Backlog()).Int("suppressed", w.silenced).Msg(msg)
+	w.lastWarn, w.silenced = time.Now(), 0
+}
+
+// giveUp fails the requests of a batch whose commit Close gave up on. Its
+// outcome is unknown, because an attempt cut short may still have landed.
+func (w *Writer) giveUp(batch []*appendRequest) {
+	for _, r := range batch {
+		w.dropped += len(r.events)
+		r.done <- appendResult{err: fmt.Errorf("eventlog: append to %s: writer closed, commit not confirmed: %w", w.stream, ErrClosed)}
+	}
 }
 
 func (w *Writer) encode(batch []*appendRequest) ([]Record, []state.Op, error) {
@@ -258,15 +496,15 @@ func (w *Writer) transact(ctx context.Context, records []Record, eventOps []stat
 		return store.Transact(ctx, eventOps)
 	}
 
-	var err error
+	var projErr error
 	for attempt := 0; attempt <= w.log.opts.ProjectRetries; attempt++ {
 		var viewOps []state.Op
-		viewOps, err = proj.Mutations(ctx, store, records)
-		if err != nil {
+		viewOps, projErr = proj.Mutations(ctx, store, records)
+		if projErr != nil {
 			break
 		}
 		ops := append(append(eventOps[:len(eventOps):len(eventOps)], viewOps...), w.checkpointOp(last)...)
-		err = store.Transact(ctx, ops)
+		err := store.Transact(ctx, ops)
 		if err == nil {
 			w.advanceCheckpoint(last)
 			return nil
@@ -274,13 +512,16 @@ func (w *Writer) transact(ctx context.Context, records []Record, eventOps []stat
 		if !errors.Is(err, state.ErrETagMismatch) {
 			return err
 		}
+		projErr = err
 	}
 
-	w.log.opts.Logger.Warn().Err(err).Str("stream", w.stream).Uint64("seq", last).
-		Msg("projection failed; committing events without their views")
+	// While the store is down this fails too, and the attempt is retried
+	// whole, so the warning below marks only events that did land.
 	if err := store.Transact(ctx, eventOps); err != nil {
 		return err
 	}
+	w.log.opts.Logger.Warn().Err(projErr).Str("stream", w.stream).Uint64("seq", last).
+		Msg("projection failed; committed the events without their views")
 	w.lagging = true
 	return nil
 }
@@ -342,34 +583,47 @@ func (w *Writer) catchUp(ctx context.Context) {
 	w.checkpoint = seq
 }
 
-// resolve finds out whether a failed commit landed by reading the stream
-// head. It retries until the store responds or the writer stops, because
-// reusing sequences of a commit that did land would overwrite events.
-func (w *Writer) resolve(ctx context.Context, last uint64) (bool, error) {
-	backoff := 50 * time.Millisecond
+// resolve finds out whether a failed commit of first..last landed by
+// reading the stream head. It retries until the store responds, because
+// reusing the sequences of a commit that did land would overwrite events,
+// and reports known false only when Close gave up first. Each failed read
+// counts in failed, and waited reports that there was one.
+func (w *Writer) resolve(ctx context.Context, first, last uint64, failed *int) (landed, known, waited bool) {
 	for {
 		h, err := w.log.Head(ctx, w.stream)
 		if err == nil {
-			return h >= last, nil
+			return h >= last, true, waited
 		}
-		w.log.opts.Logger.Warn().Err(err).Str("stream", w.stream).Msg("cannot read stream head after a failed commit; retrying")
-		select {
-		case <-time.After(backoff):
-		case <-w.stop:
-			return false, err
+		if w.aborted() {
+			return false, false, waited
 		}
-		backoff = min(2*backoff, 2*time.Second)
+		*failed++
+		waited = true
+		w.warnRetry(err, "cannot read stream head after a failed commit; retrying", *failed, first, last)
+		if !w.pause(*failed) {
+			return false, false, waited
+		}
 	}
 }
 
+// reply sends the result to the requests of a batch that was committed
+// (err nil) or rejected for good.
 func (w *Writer) reply(batch []*appendRequest, pos []Position, err error) {
+	n := 0
+	for _, r := range batch {
+		n += len(r.events)
+	}
+	w.mu.Lock()
+	w.unsettled -= n
+	w.mu.Unlock()
+
 	for _, r := range batch {
 		if err != nil {
 			r.done <- appendResult{err: err}
 			continue
 		}
-		n := len(r.events)
-		r.done <- appendResult{positions: pos[:n:n]}
-		pos = pos[n:]
+		k := len(r.events)
+		r.done <- appendResult{positions: pos[:k:k]}
+		pos = pos[k:]
 	}
 }

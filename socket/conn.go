@@ -61,8 +61,9 @@ type conn struct {
 	keepalive atomic.Pointer[time.Timer]
 	finished  atomic.Bool // OnClose has started
 
-	// connected is set once the connected event is appended, so a
-	// disconnected event is owed. Only the read goroutine touches it.
+	// connected is set once the connected event is appended or queued
+	// (ErrQueued), so a disconnected event is owed. Only the read goroutine
+	// touches it.
 	connected bool
 
 	// Fields guarded by hub.mu.

@@ -12,7 +12,10 @@
 // connected event is appended before anything is sent: only after Append
 // returns nil does the client get its welcome message and Send, SendUser,
 // Kick and Lookup reach the connection. If that Append fails, the
-// connection closes with 1011 and has no events at all.
+// connection closes with 1011. It then has no events at all when the
+// appender rejected the event, and both a connected and a disconnected
+// event (internal_error, 1011) when the event was only queued, as
+// eventlog.ErrQueued reports, because the store was slow or down.
 //
 // The disconnected event is appended when the gws read loop ends. Its
 // reason is the one the server recorded when it started the close
@@ -42,7 +45,7 @@
 // Every exported method of Server and Authenticator is safe for concurrent
 // use. Send, SendUser and Kick never block on a socket: they queue work and
 // return. Shutdown, CloseAll and Fence block until the disconnected events
-// are appended or their context ends.
+// are appended, or queued behind a store outage, or their context ends.
 //
 // Config.OnMessage runs on the connection's read goroutine, so it must not
 // block: while it runs, that connection reads no frames, including pongs.
@@ -54,6 +57,8 @@
 // Send returns once the message is queued, not once the client has read
 // it, and a message queued when the connection closes is lost. Messages
 // queued before a slow-consumer close are dropped. Before any other server
-// close, they are flushed within WriteTimeout ahead of the close frame. An event
-// whose Append fails is logged with conn_id and event_id, not retried.
+// close, they are flushed within WriteTimeout ahead of the close frame.
+// An event the appender still holds queued after AppendTimeout is logged
+// as queued and stored once the store recovers. An event the appender
+// rejects is logged with conn_id and event_id, not retried.
 package socket

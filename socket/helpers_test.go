@@ -21,6 +21,7 @@ import (
 	"github.com/lxzan/gws"
 	"github.com/rs/zerolog"
 
+	"github.com/virtufin/websocketmanager/eventlog"
 	"github.com/virtufin/websocketmanager/schemas"
 )
 
@@ -40,6 +41,9 @@ type fakeAppender struct {
 	invalid  []error
 	failType string        // appends of this event type fail
 	hold     chan struct{} // when set, disconnected appends wait for it to close
+	// queuedType: appends of this event type are stored, then reported as
+	// queued (eventlog.ErrQueued), as a writer whose store is slow does.
+	queuedType string
 }
 
 var errAppendFailed = errors.New("fake appender: append failed")
@@ -65,6 +69,9 @@ func (a *fakeAppender) Append(ctx context.Context, events ...*event.Event) error
 		}
 	}
 	a.events = append(a.events, events...)
+	if events[0].Type() == a.queuedType {
+		return fmt.Errorf("fake appender: %w: %w", eventlog.ErrQueued, context.DeadlineExceeded)
+	}
 	return nil
 }
 

@@ -3,12 +3,15 @@ package socket
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/lxzan/gws"
+	"github.com/rs/zerolog"
 
+	"github.com/virtufin/websocketmanager/eventlog"
 	"github.com/virtufin/websocketmanager/schemas"
 )
 
@@ -65,9 +68,13 @@ type welcome struct {
 // Send cannot find the connection, so a client that sees the welcome is
 // known to the event log.
 //
-// When the append fails the connection closes with 1011 and no event at
-// all: without a connected event, a disconnected event would describe a
-// connection the views never saw.
+// When the append fails the connection closes with 1011. If the appender
+// rejected the event, the connection has no event at all: a disconnected
+// event would describe a connection the views never saw. If the event is
+// only queued (AppendTimeout ran out while the store was slow or down), it
+// will be stored, so the connection owes a disconnected event too, which
+// queues behind it. Either way the views end with no open connection that
+// no socket holds.
 func (s *Server) open(c *conn) {
 	c.touch()
 	if c.closing.Load() != nil {
@@ -92,6 +99,13 @@ func (s *Server) open(c *conn) {
 	}
 
 	if err := s.appendEvent(ev); err != nil {
+		if errors.Is(err, eventlog.ErrQueued) {
+			c.connected = true
+			c.logFields(s.log.Warn()).Err(err).Str("event_id", ev.ID()).
+				Msg("connected event still queued after the append timeout, closing with 1011; its disconnected event follows it")
+			c.closeWith(InternalError("connected event not stored within the append timeout"))
+			return
+		}
 		c.logFields(s.log.Error()).Err(err).Str("event_id", ev.ID()).Msg("append connected event failed, closing with 1011")
 		c.closeWith(InternalError("append connected event failed"))
 		return
@@ -151,9 +165,12 @@ func (s *Server) finish(c *conn, err error) {
 	s.hub.remove(c)
 }
 
-// appendDisconnected appends the disconnected event and logs the close.
-// NOTE: a failed append is logged with the event id but not retried, so the
-// connection stays in the views until its incarnation is reclaimed.
+// appendDisconnected appends the disconnected event and logs the close. An
+// event still queued when AppendTimeout runs out is stored once the store
+// takes it, and logged as queued. NOTE: an event the appender rejected (its
+// queue full, or its writer closed) is logged with the event id but not
+// retried, so the connection stays in the views until its incarnation is
+// reclaimed.
 func (s *Server) appendDisconnected(c *conn, reason CloseReason) {
 	ev, err := schemas.NewDisconnected(schemas.Envelope{InstanceID: s.cfg.InstanceID}, schemas.Disconnected{
 		ConnectionID:   c.info.ID,
@@ -170,8 +187,14 @@ func (s *Server) appendDisconnected(c *conn, reason CloseReason) {
 		return
 	}
 
-	line := c.logFields(s.log.Info())
-	if err := s.appendEvent(ev); err != nil {
+	err = s.appendEvent(ev)
+	var line *zerolog.Event
+	switch {
+	case err == nil:
+		line = c.logFields(s.log.Info())
+	case errors.Is(err, eventlog.ErrQueued):
+		line = c.logFields(s.log.Warn()).Err(err)
+	default:
 		line = c.logFields(s.log.Error()).Err(err)
 	}
 	line.Str("event_id", ev.ID()).Uint16("close_code", reason.Code).Str("reason", reason.Reason).Str("detail", reason.Detail).
@@ -179,15 +202,18 @@ func (s *Server) appendDisconnected(c *conn, reason CloseReason) {
 }
 
 func closedMessage(appendErr error) string {
-	if appendErr != nil {
-		return "connection closed, but append disconnected event failed"
+	switch {
+	case appendErr == nil:
+		return "connection closed"
+	case errors.Is(appendErr, eventlog.ErrQueued):
+		return "connection closed; disconnected event queued until the store takes it"
 	}
-	return "connection closed"
+	return "connection closed, but its disconnected event was not stored"
 }
 
 // Shutdown stops accepting upgrades (later ones get 503), closes every
 // connection with reason, and waits until each one's disconnected event is
-// appended or ctx ends. It is idempotent: a second call closes nothing new
+// appended, or queued as Appender describes, or ctx ends. It is idempotent: a second call closes nothing new
 // and waits for the connections still closing. After Shutdown the Server
 // accepts no upgrades again.
 func (s *Server) Shutdown(ctx context.Context, reason CloseReason) error {

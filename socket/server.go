@@ -15,8 +15,13 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// Appender appends events durably. Append returns nil only once every event
-// is stored, and the server treats any error as "not stored".
+// Appender appends events durably, in the order of the calls. Append
+// returns nil only once every event is stored. An error matching
+// eventlog.ErrQueued means that the events are not stored yet but will be,
+// after every event appended before them. An eventlog.Writer returns it
+// while its store is down. The server then still appends the disconnected
+// event that such a connected event calls for. Any other error means "not
+// stored".
 type Appender interface {
 	Append(ctx context.Context, events ...*event.Event) error
 }

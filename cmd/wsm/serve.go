@@ -405,20 +405,34 @@ func (in *instance) fence(loops context.Context, by string) {
 // It heartbeats draining, refuses upgrades and closes every socket with 1001,
 // appending each one's disconnected event, and heartbeats stopped. Then it
 // stops the HTTP server and the log writer and publishes the stream's tail.
+// drainBeatTimeout bounds each heartbeat of the drain.
+const drainBeatTimeout = 2 * time.Second
+
 func (in *instance) drain() error {
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
 	defer cancel()
 	logger := in.logger()
 	var errs []error
 
+	// A heartbeat gets a short share of the timeout, so a store that is
+	// down cannot use it all up before the sockets are closed. A heartbeat
+	// still queued when that share ends is committed with the rest.
+	beat := func(state string) error {
+		bctx, cancel := context.WithTimeout(ctx, drainBeatTimeout)
+		defer cancel()
+		if err := in.beat.Beat(bctx, state); err != nil && !errors.Is(err, eventlog.ErrQueued) {
+			return err
+		}
+		return nil
+	}
 	in.beat.SetState(schemas.StateDraining)
-	if err := in.beat.Beat(ctx, schemas.StateDraining); err != nil {
+	if err := beat(schemas.StateDraining); err != nil {
 		errs = append(errs, fmt.Errorf("heartbeat draining: %w", err))
 	}
 	if err := in.sock.Shutdown(ctx, socket.ServerShutdown("instance stopping")); err != nil {
 		errs = append(errs, fmt.Errorf("close sockets: %w", err))
 	}
-	if err := in.beat.Beat(ctx, schemas.StateStopped); err != nil {
+	if err := beat(schemas.StateStopped); err != nil {
 		errs = append(errs, fmt.Errorf("heartbeat stopped: %w", err))
 	}
 	if err := in.http.Shutdown(ctx); err != nil {
