@@ -2,8 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"io"
 	"fmt"
+	"io"
 	"net/http"
 	"testing"
 	"time"
@@ -182,4 +182,3 @@ func TestFleetSurvivesStateStoreOutage(t *testing.T) {
 	})
 	verifyDapr(t, sidecars[1])
 }
-
