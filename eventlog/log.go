@@ -83,6 +83,28 @@ type Options struct {
 	// attempt per 2 s per writer.
 	RetryMaxDelay time.Duration
 	Logger        zerolog.Logger
+
+	// OnCommit, when set, is called after each commit that made events
+	// durable, on the writer's commit goroutine, so it must not block.
+	// Nil ignores commits.
+	OnCommit func(CommitInfo)
+	// OnCommitRetry, when set, is called for each failed commit attempt
+	// the writer retries, a failed read of the stream head included, on the
+	// commit goroutine, so it must not block. Nil ignores retries.
+	OnCommitRetry func(stream string, err error)
+}
+
+// CommitInfo describes one commit, as Options.OnCommit receives it.
+type CommitInfo struct {
+	Stream string
+	// Records are the committed events in stream order. They are shared
+	// with the callers of Append: read them during the call only.
+	Records []Record
+	// Duration runs from the first attempt until the commit was durable,
+	// retries and back-off included.
+	Duration time.Duration
+	// FailedAttempts counts the attempts that failed before it succeeded.
+	FailedAttempts int
 }
 
 func (o *Options) setDefaults() {

@@ -369,6 +369,7 @@ func (w *Writer) commit(ctx context.Context, batch []*appendRequest) {
 	}
 	failed := 0
 	var since time.Time
+	start := time.Now()
 	for {
 		err = w.transact(ctx, records, eventOps)
 		if err == nil {
@@ -394,6 +395,7 @@ func (w *Writer) commit(ctx context.Context, batch []*appendRequest) {
 			return
 		}
 		failed++
+		w.noteRetry(err)
 		w.warnRetry(err, "commit failed; retrying", failed, first, last)
 		// A head read that had to wait means the store has just come back,
 		// so the next attempt goes at once.
@@ -409,6 +411,9 @@ func (w *Writer) commit(ctx context.Context, batch []*appendRequest) {
 		pos[i] = r.Position()
 	}
 	w.reply(batch, pos, nil)
+	if hook := w.log.opts.OnCommit; hook != nil {
+		hook(CommitInfo{Stream: w.stream, Records: records, Duration: time.Since(start), FailedAttempts: failed})
+	}
 
 	if failed > 0 {
 		w.log.opts.Logger.Info().Str("stream", w.stream).Uint64("first_seq", first).Uint64("seq", last).
@@ -441,6 +446,13 @@ func (w *Writer) pause(failed int) bool {
 		return true
 	case <-w.abort:
 		return false
+	}
+}
+
+// noteRetry calls the OnCommitRetry hook for one failed attempt.
+func (w *Writer) noteRetry(err error) {
+	if hook := w.log.opts.OnCommitRetry; hook != nil {
+		hook(w.stream, err)
 	}
 }
 
@@ -599,6 +611,7 @@ func (w *Writer) resolve(ctx context.Context, first, last uint64, failed *int) (
 		}
 		*failed++
 		waited = true
+		w.noteRetry(err)
 		w.warnRetry(err, "cannot read stream head after a failed commit; retrying", *failed, first, last)
 		if !w.pause(*failed) {
 			return false, false, waited

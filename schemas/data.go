@@ -55,6 +55,19 @@ type Reclaimed struct {
 	LastHeartbeatAt time.Time `json:"lastHeartbeatAt"`
 }
 
+// MessageReceived is the data of a message.received event.
+type MessageReceived struct {
+	ConnectionID string `json:"connectionId"`
+	InstanceID   string `json:"instanceId"`
+	Incarnation  string `json:"incarnation"`
+	UserID       string `json:"userId"` // empty for an anonymous connection
+	Binary       bool   `json:"binary"`
+	// Payload is the text of a text message, or the bytes of a binary
+	// message in standard base64 with padding (encoding/base64.StdEncoding).
+	Payload    string    `json:"payload"`
+	ReceivedAt time.Time `json:"receivedAt"`
+}
+
 // Close reasons recorded in Disconnected.Reason.
 const (
 	ReasonClientClosed   = "client_closed"   // the client sent a close frame

@@ -26,6 +26,10 @@ const (
 	TypeDisconnected = TypePrefix + "connection.disconnected"
 	TypeHeartbeat    = TypePrefix + "instance.heartbeat"
 	TypeReclaimed    = TypePrefix + "connection.reclaimed"
+
+	// TypeMessageReceived is a message a client sent. It is published to
+	// a topic as it arrives and never appended to the log.
+	TypeMessageReceived = TypePrefix + "message.received"
 )
 
 // SourcePrefix starts the source attribute; the instance id follows it.
@@ -43,8 +47,13 @@ const TraceparentExtension = "traceparent"
 // any uint64.
 const SequenceWidth = 20
 
-// Types lists every event type, in the order of the table in the docs.
+// Types lists every event type the log holds, in the order of the table in
+// the docs. Replay, the event feed and the views see only these.
 var Types = []string{TypeConnected, TypeDisconnected, TypeHeartbeat, TypeReclaimed}
+
+// PublishOnlyTypes lists the event types that are published to a topic
+// but never appended to the log. Validate accepts them like Types.
+var PublishOnlyTypes = []string{TypeMessageReceived}
 
 // Source returns the source attribute of events emitted by an instance.
 func Source(instanceID string) string { return SourcePrefix + instanceID }
@@ -108,4 +117,10 @@ func NewHeartbeat(env Envelope, d Heartbeat) (*event.Event, error) {
 // reclaiming instance and its subject the reclaimed connection.
 func NewReclaimed(env Envelope, d Reclaimed) (*event.Event, error) {
 	return newEvent(env, TypeReclaimed, d.ConnectionID, d)
+}
+
+// NewMessageReceived builds a message.received event. Its subject is the
+// connection the message came from.
+func NewMessageReceived(env Envelope, d MessageReceived) (*event.Event, error) {
+	return newEvent(env, TypeMessageReceived, d.ConnectionID, d)
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 
@@ -59,8 +60,9 @@ var messagePrinter = message.NewPrinter(language.English)
 var compiledSchemas = sync.OnceValues(func() (map[string]*jsonschema.Schema, error) {
 	c := jsonschema.NewCompiler()
 	c.AssertFormat()
-	out := make(map[string]*jsonschema.Schema, len(Types))
-	for _, typ := range Types {
+	all := slices.Concat(Types, PublishOnlyTypes)
+	out := make(map[string]*jsonschema.Schema, len(all))
+	for _, typ := range all {
 		raw, err := SchemaFile(typ)
 		if err != nil {
 			return nil, err

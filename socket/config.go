@@ -108,6 +108,23 @@ type Config struct {
 	// client. It runs on the connection's read goroutine, so it must return
 	// quickly. The payload is only valid during the call: copy it to keep it.
 	OnMessage func(info ConnInfo, binary bool, payload []byte)
+
+	// OnConnect, when set, is called once per connection whose connected
+	// event was appended, or queued as eventlog.ErrQueued reports. Every
+	// such connection later gets exactly one OnDisconnect. Nil ignores it.
+	OnConnect func(info ConnInfo)
+
+	// OnDisconnect, when set, is called once per connection that OnConnect
+	// saw, after its disconnected event was appended or failed, with the
+	// reason that event carries. Nil ignores it.
+	OnDisconnect func(info ConnInfo, reason CloseReason)
+
+	// OnSendDrop, when set, is called for each message the send queue
+	// does not write: the one a full queue rejects, with closed true when
+	// that rejection started the slow-consumer close, and each one queued
+	// before that close and discarded after it, with closed false. Nil
+	// ignores it.
+	OnSendDrop func(info ConnInfo, closed bool)
 }
 
 // withDefaults returns c with every zero field set to its default.

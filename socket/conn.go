@@ -86,7 +86,8 @@ func (c *conn) enqueue(opcode gws.Opcode, payload []byte) error {
 	limit := int64(c.srv.cfg.SendQueue)
 	if c.pending.Add(1) > limit {
 		c.pending.Add(-1)
-		c.closeWith(SlowConsumer(fmt.Sprintf("send queue of %d messages is full", limit)))
+		closed := c.closeWith(SlowConsumer(fmt.Sprintf("send queue of %d messages is full", limit)))
+		c.notifyDrop(closed)
 		return fmt.Errorf("%w: %w", ErrClosing, *c.closing.Load())
 	}
 
@@ -102,6 +103,7 @@ func (c *conn) writeQueued(opcode gws.Opcode, payload []byte) {
 
 	if r := c.closing.Load(); r != nil {
 		if r.Reason == schemas.ReasonSlowConsumer {
+			c.notifyDrop(false)
 			return
 		}
 	} else {
@@ -111,6 +113,13 @@ func (c *conn) writeQueued(opcode gws.Opcode, payload []byte) {
 	// On failure gws closes the socket itself, and OnClose reports why.
 	if err := c.socket.WriteMessage(opcode, payload); err != nil {
 		c.logFields(c.srv.log.Debug()).Err(err).Msg("write failed")
+	}
+}
+
+// notifyDrop calls the OnSendDrop hook for one message not written.
+func (c *conn) notifyDrop(closed bool) {
+	if hook := c.srv.cfg.OnSendDrop; hook != nil {
+		hook(c.info, closed)
 	}
 }
 

@@ -50,7 +50,10 @@
 // Config.OnMessage runs on the connection's read goroutine, so it must not
 // block: while it runs, that connection reads no frames, including pongs.
 // The Appender is called on the read goroutine too, and an Append that
-// hangs holds that one connection until AppendTimeout.
+// hangs holds that one connection until AppendTimeout. OnConnect and
+// OnDisconnect run on the read goroutine as well, and OnSendDrop on the
+// goroutine that called Send or on the connection's write queue, so none
+// of the three may block.
 //
 // # Not promised
 //

@@ -98,26 +98,38 @@ func (s *Server) open(c *conn) {
 		return
 	}
 
+	// A writer may still be setting the sequence of an event it reports as
+	// queued, so the id is read before the append.
+	eventID := ev.ID()
 	if err := s.appendEvent(ev); err != nil {
 		if errors.Is(err, eventlog.ErrQueued) {
 			c.connected = true
-			c.logFields(s.log.Warn()).Err(err).Str("event_id", ev.ID()).
+			s.notifyConnect(c)
+			c.logFields(s.log.Warn()).Err(err).Str("event_id", eventID).
 				Msg("connected event still queued after the append timeout, closing with 1011; its disconnected event follows it")
 			c.closeWith(InternalError("connected event not stored within the append timeout"))
 			return
 		}
-		c.logFields(s.log.Error()).Err(err).Str("event_id", ev.ID()).Msg("append connected event failed, closing with 1011")
+		c.logFields(s.log.Error()).Err(err).Str("event_id", eventID).Msg("append connected event failed, closing with 1011")
 		c.closeWith(InternalError("append connected event failed"))
 		return
 	}
 	c.connected = true
+	s.notifyConnect(c)
 
 	// The welcome is queued and the connection made reachable in one step:
 	// the welcome is the first message, and a client that has read it can
 	// be reached by Send.
 	s.hub.show(c, func() { s.sendWelcome(c) })
 	c.startKeepalive()
-	c.logFields(s.log.Info()).Str("event_id", ev.ID()).Str("remote_addr", c.info.RemoteAddr).Msg("connection opened")
+	c.logFields(s.log.Info()).Str("event_id", eventID).Str("remote_addr", c.info.RemoteAddr).Msg("connection opened")
+}
+
+// notifyConnect calls the OnConnect hook, on the read goroutine.
+func (s *Server) notifyConnect(c *conn) {
+	if hook := s.cfg.OnConnect; hook != nil {
+		hook(c.info)
+	}
 }
 
 // sendWelcome queues the welcome message, the first message of every
@@ -158,6 +170,9 @@ func (s *Server) finish(c *conn, err error) {
 	s.hub.hide(c)
 	if c.connected {
 		s.appendDisconnected(c, reason)
+		if hook := s.cfg.OnDisconnect; hook != nil {
+			hook(c.info, reason)
+		}
 	} else {
 		c.logFields(s.log.Info()).Uint16("close_code", reason.Code).Str("reason", reason.Reason).Str("detail", reason.Detail).
 			Msg("connection closed before its connected event was stored, so no disconnected event")
@@ -172,7 +187,7 @@ func (s *Server) finish(c *conn, err error) {
 // retried, so the connection stays in the views until its incarnation is
 // reclaimed.
 func (s *Server) appendDisconnected(c *conn, reason CloseReason) {
-	ev, err := schemas.NewDisconnected(schemas.Envelope{InstanceID: s.cfg.InstanceID}, schemas.Disconnected{
+	ev, err := schemas.NewDisconnected(schemas.Envelope{InstanceID: s.cfg.InstanceID, Traceparent: reason.Traceparent}, schemas.Disconnected{
 		ConnectionID:   c.info.ID,
 		InstanceID:     s.cfg.InstanceID,
 		Incarnation:    c.info.Incarnation,
@@ -187,6 +202,7 @@ func (s *Server) appendDisconnected(c *conn, reason CloseReason) {
 		return
 	}
 
+	eventID := ev.ID() // read before the append, as in open
 	err = s.appendEvent(ev)
 	var line *zerolog.Event
 	switch {
@@ -197,7 +213,7 @@ func (s *Server) appendDisconnected(c *conn, reason CloseReason) {
 	default:
 		line = c.logFields(s.log.Error()).Err(err)
 	}
-	line.Str("event_id", ev.ID()).Uint16("close_code", reason.Code).Str("reason", reason.Reason).Str("detail", reason.Detail).
+	line.Str("event_id", eventID).Uint16("close_code", reason.Code).Str("reason", reason.Reason).Str("detail", reason.Detail).
 		Msg(closedMessage(err))
 }
 

@@ -54,6 +54,9 @@ type CloseReason struct {
 	Code   uint16
 	Reason string // one of schemas.Reasons
 	Detail string // free text for operators, never sent to the client
+	// Traceparent is the W3C trace context of the request that caused the
+	// close, if any. The disconnected event carries it.
+	Traceparent string
 }
 
 // Error implements error.

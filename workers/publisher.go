@@ -58,6 +58,11 @@ type PublisherConfig struct {
 	// Now reads the clock that paces warnings. Nil means time.Now.
 	Now    func() time.Time
 	Logger zerolog.Logger
+	// OnPublish, when set, is called after each publish attempt with its
+	// error, nil when the pub/sub accepted the event. An attempt cut short
+	// because ctx ended is not reported. It runs on the publishing
+	// goroutine, so it must not block.
+	OnPublish func(err error)
 }
 
 // Validate reports every problem of the configuration at once.
@@ -343,6 +348,7 @@ func (p *Publisher) publish(ctx context.Context, rec eventlog.Record) error {
 		}
 		err := p.cfg.PubSub.Publish(ctx, msg)
 		if err == nil {
+			p.notePublish(nil)
 			if attempt > 1 {
 				log.Info().Int("attempts", attempt).Msg("published after retries")
 			}
@@ -351,6 +357,7 @@ func (p *Publisher) publish(ctx context.Context, rec eventlog.Record) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		p.notePublish(err)
 		wait := retry.wait()
 		if ok, suppressed := p.publishWarn.allow(); ok {
 			log.Warn().Err(err).Str("topic", p.cfg.Topic).Int("attempt", attempt).Int("suppressed", suppressed).
@@ -359,6 +366,13 @@ func (p *Publisher) publish(ctx context.Context, rec eventlog.Record) error {
 		if !sleep(ctx, wait) {
 			return ctx.Err()
 		}
+	}
+}
+
+// notePublish calls the OnPublish hook.
+func (p *Publisher) notePublish(err error) {
+	if p.cfg.OnPublish != nil {
+		p.cfg.OnPublish(err)
 	}
 }
 

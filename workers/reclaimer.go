@@ -78,6 +78,19 @@ type Reclaimer struct {
 	// Publication, when set, drains the streams of reclaimed incarnations.
 	Publication Publication
 
+	// OnPass, when set, receives the stats and error of each pass that
+	// Run makes, once the pass ends. Nil ignores passes.
+	OnPass func(PassStats, error)
+	// OnClaim, when set, is called with the outcome of each claim on an
+	// incarnation: won true for a compare-and-swap this reclaimer won,
+	// false for a claim lost as ErrClaimLost reports. Resuming a claim this
+	// reclaimer already holds is neither. Nil ignores claims.
+	OnClaim func(won bool)
+	// OnReclaimed, when set, is called with the number of reclaimed events
+	// after each append of them, at startup as well as in passes. Nil
+	// ignores them.
+	OnReclaimed func(events int)
+
 	mu sync.Mutex // guards ID and Log against Rejoin
 
 	// afterClaim, when set, runs between a won claim and the reclaimed
@@ -151,6 +164,9 @@ func (r *Reclaimer) Run(ctx context.Context) error {
 		stats, err := r.Pass(ctx)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if r.OnPass != nil {
+			r.OnPass(stats, err)
 		}
 		if err != nil {
 			wait = retry.wait()
@@ -313,6 +329,7 @@ func (r *Reclaimer) reclaim(ctx context.Context, instanceID, incarnation string,
 	}
 	if rec == nil || rec.Incarnation != incarnation {
 		log.Info().Msg("not claiming: the instance record shows a newer incarnation")
+		r.noteClaim(false)
 		return 0, false, fmt.Errorf("%w: %s: the record shows a newer incarnation", ErrClaimLost, eventlog.StreamName(instanceID, incarnation))
 	}
 
@@ -359,6 +376,7 @@ func (r *Reclaimer) reclaim(ctx context.Context, instanceID, incarnation string,
 		claimLog.Info().Msg("claim won")
 	default:
 		log.Info().Str("claimed_by", rec.ReclaimedBy).Msg("claim lost to another reclaimer")
+		r.noteClaim(false)
 		return 0, false, fmt.Errorf("%w: %s is claimed by %s", ErrClaimLost, eventlog.StreamName(instanceID, incarnation), rec.ReclaimedBy)
 	}
 	if r.afterClaim != nil {
@@ -392,8 +410,16 @@ func (r *Reclaimer) Claim(ctx context.Context, instanceID, incarnation string) (
 
 // claim sets ReclaimedBy on the record with a compare-and-swap, provided
 // the record shows the incarnation with the claim from and, when seq is not
-// zero, with that heartbeat counter.
-func (r *Reclaimer) claim(ctx context.Context, instanceID, incarnation string, seq uint64, from string) (*projections.Instance, error) {
+// zero, with that heartbeat counter. It reports the outcome to OnClaim.
+func (r *Reclaimer) claim(ctx context.Context, instanceID, incarnation string, seq uint64, from string) (_ *projections.Instance, err error) {
+	defer func() {
+		switch {
+		case err == nil:
+			r.noteClaim(true)
+		case errors.Is(err, ErrClaimLost):
+			r.noteClaim(false)
+		}
+	}()
 	me, _ := r.self()
 	rec, etag, err := r.views().Instance(ctx, instanceID)
 	if err != nil {
@@ -427,6 +453,13 @@ func (r *Reclaimer) claim(ctx context.Context, instanceID, incarnation string, s
 		return nil, fmt.Errorf("workers: claim %s: %w", stream, err)
 	}
 	return rec, nil
+}
+
+// noteClaim calls the OnClaim hook.
+func (r *Reclaimer) noteClaim(won bool) {
+	if r.OnClaim != nil {
+		r.OnClaim(won)
+	}
 }
 
 // takeoverClaimant returns the ReclaimedBy that a takeover writes, so that
@@ -570,6 +603,9 @@ func (r *Reclaimer) ReclaimConnections(ctx context.Context, instanceID string, l
 			return n, fmt.Errorf("workers: append reclaimed events: %w", err)
 		}
 		n += len(events)
+		if r.OnReclaimed != nil {
+			r.OnReclaimed(len(events))
+		}
 	}
 	return n, nil
 }

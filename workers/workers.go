@@ -2,10 +2,11 @@
 // heartbeat, the liveness observer with the reclaimer it drives, and the
 // lifecycle publisher. Each loop runs until its context ends and owns no
 // socket state. What it learns about sockets, it learns through the
-// functions it is given.
+// functions it is given. Delivery, which runs no loop, routes the
+// backend's sends and closes to the instance that holds the connection.
 //
-// Heartbeat, Membership, Reclaimer and Publisher are safe for concurrent
-// use once built. Callbacks they are given (Heartbeat.Count,
+// Heartbeat, Membership, Reclaimer, Publisher and Delivery are safe for
+// concurrent use once built. Callbacks they are given (Heartbeat.Count,
 // Heartbeat.OnFenced) run on the loop's goroutine and must not block.
 //
 // The package does not promise exactly-once delivery of anything: a

@@ -12,6 +12,7 @@ import (
 	"github.com/virtufin/websocketmanager/eventlog"
 	"github.com/virtufin/websocketmanager/internal/state"
 	"github.com/virtufin/websocketmanager/projections"
+	"github.com/virtufin/websocketmanager/workers"
 )
 
 // apiError is the body of every error response.
@@ -31,24 +32,46 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 	writeJSON(w, status, apiError{Error: msg})
 }
 
-// api serves the read API, health, and the admin endpoints that replay and
-// rebuild use while the service holds the store.
+// api serves the backend API, health, and the admin endpoints that replay
+// and rebuild use while the service holds the store. Everything under /v1/
+// requires the API token; health does not.
 type api struct {
 	store  state.Store
 	log    *eventlog.Log
 	views  projections.Reader
 	ready  func(ctx context.Context) readiness
 	logger zerolog.Logger
+
+	auth apiAuth
+	// delivery sends to and closes connections wherever they are.
+	delivery *workers.Delivery
+	// self returns this instance's current identity.
+	self func() workers.Identity
+	// peers returns the liveness observer's view of the other instances;
+	// nil on the embedded backend, which has no peers.
+	peers func() []workers.Peer
+
+	// patterns lists the token-protected routes that routes registered.
+	patterns []string
 }
 
 func (a *api) routes(mux *http.ServeMux) {
-	mux.HandleFunc("GET /v1/connections", a.listConnections)
-	mux.HandleFunc("GET /v1/connections/{id}", a.getConnection)
-	mux.HandleFunc("GET /v1/instances", a.listInstances)
+	a.handle(mux, "GET /v1/connections", a.listConnections)
+	a.handle(mux, "GET /v1/connections/{id}", a.getConnection)
+	a.handle(mux, "DELETE /v1/connections/{id}", a.closeConnection)
+	a.handle(mux, "POST /v1/connections/{id}/messages", a.sendToConnection)
+	a.handle(mux, "POST /v1/users/{id}/messages", a.sendToUser)
+	a.handle(mux, "GET /v1/instances", a.listInstances)
+	a.handle(mux, "GET /v1/admin/replay", a.replay)
+	a.handle(mux, "POST /v1/admin/verify", a.verify)
 	mux.HandleFunc("GET /healthz", a.healthz)
 	mux.HandleFunc("GET /readyz", a.readyz)
-	mux.HandleFunc("GET /v1/admin/replay", a.replay)
-	mux.HandleFunc("POST /v1/admin/verify", a.verify)
+}
+
+// handle registers a token-protected route.
+func (a *api) handle(mux *http.ServeMux, pattern string, h http.HandlerFunc) {
+	a.patterns = append(a.patterns, pattern)
+	mux.Handle(pattern, a.auth.wrap(h))
 }
 
 // connectionJSON is a connection entry as the API shows it.
@@ -65,20 +88,6 @@ func newConnectionJSON(c *projections.Connection) connectionJSON {
 	return connectionJSON{Connection: c, State: s}
 }
 
-func (a *api) listConnections(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	conns, err := a.views.Connections(r.Context(), projections.Filter{UserID: q.Get("user"), InstanceID: q.Get("instance")})
-	if err != nil {
-		a.storeError(w, "list connections", err)
-		return
-	}
-	out := make([]connectionJSON, len(conns))
-	for i, c := range conns {
-		out[i] = newConnectionJSON(c)
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"connections": out, "count": len(out)})
-}
-
 func (a *api) getConnection(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	c, err := a.views.Connection(r.Context(), id)
@@ -91,18 +100,6 @@ func (a *api) getConnection(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, newConnectionJSON(c))
-}
-
-func (a *api) listInstances(w http.ResponseWriter, r *http.Request) {
-	insts, err := a.views.Instances(r.Context())
-	if err != nil {
-		a.storeError(w, "list instances", err)
-		return
-	}
-	if insts == nil {
-		insts = []*projections.Instance{}
-	}
-	writeJSON(w, http.StatusOK, map[string]any{"instances": insts, "count": len(insts)})
 }
 
 func (a *api) storeError(w http.ResponseWriter, what string, err error) {

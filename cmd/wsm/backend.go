@@ -30,9 +30,10 @@ type backend struct {
 	close     func() error
 }
 
-// openBackend opens the configured backend. On Dapr it waits for the
-// sidecar with backoff, bounded by ctx.
-func openBackend(ctx context.Context, cfg serveConfig, logger zerolog.Logger) (*backend, error) {
+// openBackend opens the configured backend, with its calls and breakers
+// recorded in m. On Dapr it waits for the sidecar with backoff, bounded by
+// ctx.
+func openBackend(ctx context.Context, cfg serveConfig, logger zerolog.Logger, m *serveMetrics) (*backend, error) {
 	switch cfg.Backend {
 	case "embedded":
 		store, err := embedded.Open(cfg.DataDir, embedded.Options{})
@@ -44,7 +45,7 @@ func openBackend(ctx context.Context, cfg serveConfig, logger zerolog.Logger) (*
 		}
 		ps := embedded.NewPubSub()
 		return &backend{
-			name: "embedded", store: store, pubsub: ps, exclusive: true,
+			name: "embedded", store: m.meterStore("embedded", store), pubsub: ps, exclusive: true,
 			close: func() error { return errors.Join(ps.Close(), store.Close()) },
 		}, nil
 	case "dapr":
@@ -52,6 +53,9 @@ func openBackend(ctx context.Context, cfg serveConfig, logger zerolog.Logger) (*
 			Address:    cfg.DaprAddress,
 			StateStore: cfg.StateStore,
 			PubSub:     cfg.PubSub,
+
+			OnBreakerChange: m.BreakerChanged,
+			OnCall:          m.daprCall,
 		}, logger)
 		if err != nil {
 			return nil, err

@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+
+	"github.com/virtufin/websocketmanager/socket"
+	"github.com/virtufin/websocketmanager/workers"
 )
 
 // serveConfig holds every setting of `wsm serve`. Defaults live in
@@ -22,12 +25,21 @@ type serveConfig struct {
 	InstanceID     string
 	AllowAnonymous bool
 	JWTSecret      string // from WSM_JWT_SECRET only, never a flag: flags show up in ps
+	// APIToken is the bearer token of the backend API (/v1/*), from
+	// WSM_API_TOKEN only. Empty leaves the API open, which Validate allows
+	// on a loopback listener only.
+	APIToken string
 
 	DaprAddress       string
 	StateStore        string
 	PubSub            string
 	EventsTopic       string
 	PublishHeartbeats bool
+	MessagesTopic     string // where client messages are published
+	TopicPrefix       string // starts each instance's command topic
+	// DaprAppToken is the token the sidecar sends with each call to wsm,
+	// from APP_API_TOKEN. Empty means calls are not checked for it.
+	DaprAppToken string
 
 	HeartbeatInterval time.Duration
 	HeartbeatTTL      time.Duration
@@ -40,6 +52,10 @@ type serveConfig struct {
 	SendQueue      int
 	MaxConnections int
 
+	FeedBuffer       int
+	FeedSlowTimeout  time.Duration
+	FeedSocketBuffer int // bytes, 0 for the system default
+
 	LogFormat string
 	LogLevel  string
 }
@@ -50,9 +66,10 @@ func defaultServeConfig() serveConfig {
 		DataDir: "wsm-data",
 		Backend: "embedded",
 
-		StateStore:  "statestore",
-		PubSub:      "pubsub",
-		EventsTopic: "system-events",
+		StateStore:    "statestore",
+		PubSub:        "pubsub",
+		EventsTopic:   "system-events",
+		MessagesTopic: workers.DefaultMessagesTopic,
 
 		// A heartbeat every 5 s and a TTL of three missed beats: one lost
 		// or late beat never makes an instance suspect, and a dead one is
@@ -78,6 +95,12 @@ func defaultServeConfig() serveConfig {
 		// rolling update; past it the upgrade gets 503 and the load balancer
 		// tries another instance.
 		MaxConnections: 50_000,
+
+		// The /events feed holds up to 1024 frames, about 1 MiB, per
+		// subscriber, and closes one whose buffer stays full for 5 s; see
+		// socket.DefaultFeedBuffer and socket.DefaultFeedSlowTimeout.
+		FeedBuffer:      socket.DefaultFeedBuffer,
+		FeedSlowTimeout: socket.DefaultFeedSlowTimeout,
 
 		LogFormat: "json",
 		LogLevel:  "info",
@@ -141,6 +164,8 @@ func bindServeFlags(fs *flag.FlagSet, c *serveConfig, env func(string) string) e
 	str(&c.PubSub, "pubsub", "name of the Dapr pub/sub component")
 	str(&c.EventsTopic, "events-topic", "pub/sub topic that connected, disconnected and reclaimed events are published to")
 	boolean(&c.PublishHeartbeats, "publish-heartbeats", "also publish instance heartbeats to the events topic")
+	str(&c.MessagesTopic, "messages-topic", "pub/sub topic that every text or binary message from a client is published to, as a message.received event")
+	str(&c.TopicPrefix, "topic-prefix", "prefix of the per-instance command topics <prefix>wsm.instance.<instance-id>, for fleets that share a broker")
 	str(&c.InstanceID, "instance-id", "instance id; default $HOSTNAME, else a random UUID")
 	boolean(&c.AllowAnonymous, "allow-anonymous", "accept WebSocket clients without a token")
 	dur(&c.HeartbeatInterval, "heartbeat-interval", "time between heartbeats")
@@ -152,10 +177,15 @@ func bindServeFlags(fs *flag.FlagSet, c *serveConfig, env func(string) string) e
 	num(&c.ReadLimit, "read-limit", "maximum size of a client message in bytes; larger ones close with 1009")
 	num(&c.SendQueue, "send-queue", "messages queued per connection before a slow client is closed with 1008")
 	num(&c.MaxConnections, "max-connections", "connections per instance; further upgrades get HTTP 503")
+	num(&c.FeedBuffer, "feed-buffer", "frames queued per /events subscriber; the feed waits while it is full")
+	dur(&c.FeedSlowTimeout, "feed-slow-timeout", "time an /events subscriber's full buffer may wait before it is closed with 1008 as slow")
+	num(&c.FeedSocketBuffer, "feed-socket-buffer", "kernel send buffer of each /events subscriber socket in bytes; 0 keeps the system default")
 	str(&c.LogFormat, "log-format", "log format: json or console")
 	str(&c.LogLevel, "log-level", "log level: debug, info, warn or error")
 
 	c.JWTSecret = env("WSM_JWT_SECRET")
+	c.APIToken = env(apiTokenEnv)
+	c.DaprAppToken = env(daprAppTokenEnv)
 	return errors.Join(errs...)
 }
 
@@ -205,6 +235,13 @@ func (c *serveConfig) Validate() error {
 	if strings.Contains(c.InstanceID, "/") {
 		bad("--instance-id %q: must not contain '/'", c.InstanceID)
 	}
+	if err == nil && c.APIToken == "" && !isLoopbackHost(host) {
+		bad("--listen %s is not a loopback address, and %s is not set, so anyone who reaches the port could use the backend API; "+
+			"set %s to the bearer token backends must send", c.Listen, apiTokenEnv, apiTokenEnv)
+	}
+	if c.APIToken != "" && len(c.APIToken) < minAPITokenBytes {
+		bad("%s is %d bytes; use a random token of at least %d", apiTokenEnv, len(c.APIToken), minAPITokenBytes)
+	}
 	if err == nil && c.JWTSecret == "" && !c.AllowAnonymous && !isLoopbackHost(host) {
 		bad("--listen %s is not a loopback address, and neither WSM_JWT_SECRET nor --allow-anonymous is set; "+
 			"set WSM_JWT_SECRET to require tokens, or --allow-anonymous to accept anyone", c.Listen)
@@ -233,6 +270,16 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.MaxConnections < 1 {
 		bad("--max-connections %d: must be at least 1", c.MaxConnections)
+	}
+	if c.MessagesTopic == "" {
+		bad("--messages-topic is empty; client messages need a topic")
+	}
+	if c.FeedBuffer < 1 {
+		bad("--feed-buffer %d: must be at least 1", c.FeedBuffer)
+	}
+	positive("feed-slow-timeout", c.FeedSlowTimeout)
+	if c.FeedSocketBuffer < 0 {
+		bad("--feed-socket-buffer %d: must be a size in bytes, or 0 for the system default", c.FeedSocketBuffer)
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("--log-format %q: want json or console", c.LogFormat)

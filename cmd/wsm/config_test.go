@@ -62,7 +62,10 @@ func TestServeConfigErrors(t *testing.T) {
 		env  map[string]string
 		want []string // every fragment must appear in the one error
 	}{
-		{"public without auth", []string{"--listen", "0.0.0.0:8080"}, nil, []string{"not a loopback address", "WSM_JWT_SECRET"}},
+		{"public without auth", []string{"--listen", "0.0.0.0:8080"}, nil, []string{"not a loopback address", "WSM_JWT_SECRET", "WSM_API_TOKEN"}},
+		{"public without API token", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": "s"},
+			[]string{"--listen 0.0.0.0:8080 is not a loopback address, and WSM_API_TOKEN is not set"}},
+		{"short API token", nil, map[string]string{"WSM_API_TOKEN": "short"}, []string{"WSM_API_TOKEN is 5 bytes"}},
 		{"empty host without auth", []string{"--listen", ":8080"}, nil, []string{"not a loopback address"}},
 		{"ttl below interval", []string{"--heartbeat-ttl", "1s"}, nil, []string{"--heartbeat-ttl 1s must be longer"}},
 		{"several at once", []string{"--read-limit", "10", "--send-queue", "0", "--log-format", "xml"}, nil,
@@ -92,8 +95,8 @@ func TestServeConfigPublicWithAuth(t *testing.T) {
 		args []string
 		env  map[string]string
 	}{
-		{"secret", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": "s"}},
-		{"anonymous flag", []string{"--listen", "0.0.0.0:8080", "--allow-anonymous"}, nil},
+		{"secret", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": "s", "WSM_API_TOKEN": testAPIToken}},
+		{"anonymous flag", []string{"--listen", "0.0.0.0:8080", "--allow-anonymous"}, map[string]string{"WSM_API_TOKEN": testAPIToken}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := parseServe(t, tt.args, tt.env); err != nil {

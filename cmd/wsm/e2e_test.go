@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -179,9 +180,16 @@ func dial(t *testing.T, url, user string) (*client, error) {
 	}
 }
 
+// getJSON sends the API token of the environment, if any, as replay and
+// rebuild do.
 func getJSON(t *testing.T, url string, v any) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	setAPIToken(req, os.Getenv(apiTokenEnv))
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,19 +202,33 @@ func getJSON(t *testing.T, url string, v any) {
 	}
 }
 
+// openConnectionIDs lists the open connections, following every page.
 func openConnectionIDs(t *testing.T, s *service, query string) map[string]bool {
 	t.Helper()
-	var body struct {
-		Connections []struct {
-			ConnectionID string `json:"connectionId"`
-		} `json:"connections"`
+	sep := "?"
+	if query != "" {
+		sep = "&"
 	}
-	getJSON(t, s.base+"/v1/connections"+query, &body)
 	out := map[string]bool{}
-	for _, c := range body.Connections {
-		out[c.ConnectionID] = true
+	cursor := ""
+	for range 1000 {
+		var body struct {
+			Connections []struct {
+				ConnectionID string `json:"connectionId"`
+			} `json:"connections"`
+			Next string `json:"next"`
+		}
+		getJSON(t, s.base+"/v1/connections"+query+sep+"limit=1000&cursor="+url.QueryEscape(cursor), &body)
+		for _, c := range body.Connections {
+			out[c.ConnectionID] = true
+		}
+		if body.Next == "" {
+			return out
+		}
+		cursor = body.Next
 	}
-	return out
+	t.Fatalf("GET /v1/connections%s: more than 1000 pages", query)
+	return nil
 }
 
 // replay runs `wsm replay` and returns the events it printed.

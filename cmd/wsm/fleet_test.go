@@ -43,6 +43,14 @@ func fleetPrefix(t *testing.T) string {
 // reads its address from the line it prints when it serves.
 func startDaprService(t *testing.T, d *daprtest.Daprd, instanceID, topic string, extra ...string) *service {
 	t.Helper()
+	return startDaprServiceThen(t, d, instanceID, topic, nil, extra...)
+}
+
+// startDaprServiceThen is startDaprService that runs started, when not
+// nil, once the process runs and before waiting for it to serve: there a
+// test starts a sidecar with --app-port, which waits for wsm to listen.
+func startDaprServiceThen(t *testing.T, d *daprtest.Daprd, instanceID, topic string, started func(), extra ...string) *service {
+	t.Helper()
 	args := append([]string{"serve", "--backend", "dapr", "--dapr-address", d.GRPCAddr,
 		"--listen", "127.0.0.1:0", "--instance-id", instanceID, "--events-topic", topic,
 		"--heartbeat-interval", fleetHeartbeat.String(), "--heartbeat-ttl", fleetTTL.String(),
@@ -77,6 +85,9 @@ func startDaprService(t *testing.T, d *daprtest.Daprd, instanceID, topic string,
 		}
 		io.Copy(io.Discard, out)
 	}()
+	if started != nil {
+		started()
+	}
 	select {
 	case a := <-addr:
 		s.base = "http://" + strings.TrimSuffix(a, "/ws")

@@ -90,7 +90,7 @@ func runRebuild(ctx context.Context, args []string, stdout, stderr io.Writer, en
 		return err
 	}, func(base string) error {
 		var err error
-		rep, err = verifyRemote(ctx, base)
+		rep, err = verifyRemote(ctx, base, env(apiTokenEnv))
 		return err
 	})
 	if err != nil {
@@ -104,12 +104,13 @@ func runRebuild(ctx context.Context, args []string, stdout, stderr io.Writer, en
 	return exitOK
 }
 
-func verifyRemote(ctx context.Context, base string) (verifyReport, error) {
+func verifyRemote(ctx context.Context, base, token string) (verifyReport, error) {
 	var rep verifyReport
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/admin/verify", nil)
 	if err != nil {
 		return rep, err
 	}
+	setAPIToken(req, token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return rep, fmt.Errorf("verify through the running service: %w", err)

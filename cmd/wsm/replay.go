@@ -237,7 +237,7 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, env
 		if *follow {
 			q.Set("follow", "true")
 		}
-		return streamFrom(ctx, base+"/v1/admin/replay?"+q.Encode(), stdout)
+		return streamFrom(ctx, base+"/v1/admin/replay?"+q.Encode(), env(apiTokenEnv), stdout)
 	})
 	if err != nil && ctx.Err() == nil {
 		fmt.Fprintf(stderr, "wsm replay: %v\n", err)
@@ -246,12 +246,14 @@ func runReplay(ctx context.Context, args []string, stdout, stderr io.Writer, env
 	return exitOK
 }
 
-// streamFrom copies a running service's response body to w.
-func streamFrom(ctx context.Context, u string, w io.Writer) error {
+// streamFrom copies a running service's response body to w. It sends the
+// API token when one is set.
+func streamFrom(ctx context.Context, u, token string, w io.Writer) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return err
 	}
+	setAPIToken(req, token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return fmt.Errorf("read through the running service: %w", err)

@@ -74,8 +74,11 @@ type instance struct {
 	members   *workers.Membership // nil on the embedded backend
 	reclaimer *workers.Reclaimer
 	publisher *workers.Publisher // nil on the embedded backend
+	messages  *workers.MessagePublisher
+	feed      *socket.Feed
 	http      *http.Server
 	fencing   sync.Mutex // one fence at a time
+	metrics   *serveMetrics
 }
 
 func (in *instance) logger() zerolog.Logger {
@@ -117,15 +120,22 @@ func newIdentity(instanceID, address string) workers.Identity {
 // incarnations left, heartbeat starting, accept clients, heartbeat serving,
 // then start the heartbeat, reclaim and publish loops.
 func serve(ctx context.Context, cfg serveConfig, logger zerolog.Logger, stdout io.Writer) error {
-	be, err := openBackend(ctx, cfg, logger)
+	sm, err := newServeMetrics()
+	if err != nil {
+		return err
+	}
+	be, err := openBackend(ctx, cfg, logger, sm)
 	if err != nil {
 		return err
 	}
 	defer be.close()
+	sm.watchBackend(be)
 
 	opts := logOptions()
 	opts.Logger = logger
-	in := &instance{cfg: cfg, baseLogger: logger, be: be, log: eventlog.Open(be.store, opts), views: projections.Reader{Store: be.store}}
+	sm.instrumentLog(&opts)
+	in := &instance{cfg: cfg, baseLogger: logger, be: be, log: eventlog.Open(be.store, opts), views: projections.Reader{Store: be.store}, metrics: sm}
+	sm.SetAppendBacklog(in.appendBacklog)
 
 	// Streams without a live writer: all of them when this process owns the
 	// store, else this instance id's earlier incarnations.
@@ -169,6 +179,7 @@ func (in *instance) startWorkers(ctx context.Context) error {
 	in.reclaimer = &workers.Reclaimer{
 		ID: in.id, Log: in.writer, Store: in.be.store, Logger: in.baseLogger, Interval: in.cfg.ReclaimInterval,
 	}
+	in.metrics.instrumentReclaimer(in.reclaimer)
 	if !in.be.exclusive {
 		var err error
 		in.members, err = workers.NewMembership(workers.MembershipConfig{
@@ -179,6 +190,7 @@ func (in *instance) startWorkers(ctx context.Context) error {
 		}
 		in.publisher, err = workers.NewPublisher(workers.PublisherConfig{
 			Log: in.log, PubSub: in.be.pubsub, Topic: in.cfg.EventsTopic, Heartbeats: in.cfg.PublishHeartbeats, Logger: in.baseLogger,
+			OnPublish: in.metrics.publishedLifecycle,
 		})
 		if err != nil {
 			return err
@@ -220,7 +232,7 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	if err != nil {
 		return err
 	}
-	in.sock, err = socket.New(socket.Config{
+	sockCfg := socket.Config{
 		InstanceID:     in.id.InstanceID,
 		Incarnation:    in.id.Incarnation,
 		PingInterval:   cfg.PingInterval,
@@ -228,7 +240,13 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 		ReadLimit:      cfg.ReadLimit,
 		SendQueue:      cfg.SendQueue,
 		MaxConnections: cfg.MaxConnections,
-	}, auth, in, in.baseLogger)
+	}
+	if in.messages, err = in.newMessagePublisher(); err != nil {
+		return err
+	}
+	sockCfg.OnMessage = in.onClientMessage
+	in.metrics.instrumentSocket(&sockCfg)
+	in.sock, err = socket.New(sockCfg, auth, in, in.baseLogger)
 	if err != nil {
 		return err
 	}
@@ -252,9 +270,24 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 		return err
 	}
 
-	a := &api{store: in.be.store, log: in.log, views: in.views, logger: logger, ready: in.readiness}
+	a := &api{store: in.be.store, log: in.log, views: in.views, logger: logger, ready: in.readiness,
+		auth: newAPIAuth(cfg.APIToken), self: in.identity}
+	if in.members != nil {
+		a.peers = in.members.Peers
+	}
+	if cfg.APIToken == "" {
+		logger.Warn().Msg(apiTokenEnv + " is not set: the backend API is open to every local process")
+	}
 	mux := http.NewServeMux()
+	if a.delivery, err = in.startDelivery(pubLoops, mux); err != nil {
+		return err
+	}
 	mux.Handle("GET /ws", in.sock)
+	if in.feed, err = in.newFeed(auth); err != nil {
+		return err
+	}
+	mux.Handle("GET /events", in.feed)
+	mux.Handle("GET /metrics", in.metrics.Handler())
 	a.routes(mux)
 	in.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
@@ -273,6 +306,7 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	}
 	var beatWG, pubWG sync.WaitGroup
 	beatWG.Go(func() { in.beat.Run(beatLoops) })
+	pubWG.Go(func() { in.messages.Run(pubLoops) })
 	if in.members != nil {
 		beatWG.Go(func() { in.reclaimer.Run(beatLoops) })
 	}
@@ -403,8 +437,10 @@ func (in *instance) fence(loops context.Context, by string) {
 
 // drain stops the instance in a fixed order within the shutdown timeout.
 // It heartbeats draining, refuses upgrades and closes every socket with 1001,
-// appending each one's disconnected event, and heartbeats stopped. Then it
-// stops the HTTP server and the log writer and publishes the stream's tail.
+// appending each one's disconnected event, publishes the client messages
+// still queued, and heartbeats stopped. Then it closes the feed's
+// subscribers with 1001, stops the HTTP server and the log writer, and
+// publishes the stream's tail.
 // drainBeatTimeout bounds each heartbeat of the drain.
 const drainBeatTimeout = 2 * time.Second
 
@@ -432,8 +468,14 @@ func (in *instance) drain() error {
 	if err := in.sock.Shutdown(ctx, socket.ServerShutdown("instance stopping")); err != nil {
 		errs = append(errs, fmt.Errorf("close sockets: %w", err))
 	}
+	in.closeMessages(ctx)
 	if err := beat(schemas.StateStopped); err != nil {
 		errs = append(errs, fmt.Errorf("heartbeat stopped: %w", err))
+	}
+	// http.Server.Shutdown does not close hijacked connections, so the
+	// feed closes its subscribers itself, with 1001.
+	if err := in.feed.Shutdown(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("close feed subscribers: %w", err))
 	}
 	if err := in.http.Shutdown(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop HTTP server: %w", err))

@@ -10,8 +10,9 @@
 //
 // Client, Store and PubSub are safe for concurrent use. What a Store
 // promises beyond Dapr's API depends on the component: see
-// Store.Capabilities and Store.Transact. The package does not subscribe:
-// Dapr delivers messages to an app server, which it does not run.
+// Store.Capabilities and Store.Transact. PubSub only publishes, because
+// Dapr delivers messages by calling the app. Subscriptions serves those
+// calls on the app's own HTTP listener.
 package dapr
 
 import (
@@ -99,7 +100,7 @@ func Open(ctx context.Context, cfg Config, logger zerolog.Logger) (*Client, erro
 	}
 	c.store = &Store{
 		sdk: client, name: cfg.StateStore, typ: stateType, traits: traitsOf(stateType),
-		pipe: storePipe, chunk: cfg.BulkGetChunk, release: c.release,
+		pipe: storePipe, chunk: cfg.BulkGetChunk, release: c.release, onCall: cfg.OnCall,
 	}
 	c.refs++
 	if cfg.PubSub != "" {
@@ -108,7 +109,7 @@ func Open(ctx context.Context, cfg Config, logger zerolog.Logger) (*Client, erro
 			conn.Close()
 			return nil, err
 		}
-		c.pubsub = &PubSub{sdk: client, name: cfg.PubSub, typ: pubsubType, pipe: pipe, release: c.release}
+		c.pubsub = &PubSub{sdk: client, name: cfg.PubSub, typ: pubsubType, pipe: pipe, release: c.release, onCall: cfg.OnCall}
 		c.refs++
 	}
 

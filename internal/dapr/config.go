@@ -45,6 +45,12 @@ type Config struct {
 	// OnBreakerChange, if set, receives every breaker state change of
 	// either dependency. It must not block.
 	OnBreakerChange func(dependency, from, to string)
+	// OnCall, if set, is called after every gRPC call to the sidecar, each
+	// retry a call of its own, with the operation ("get", "bulk_get",
+	// "transact" or "publish"), its duration and its error, mapped as the
+	// Store and PubSub return it. It runs on the caller's goroutine, so it
+	// must not block.
+	OnCall func(operation string, took time.Duration, err error)
 }
 
 // Defaults, with their reasons at the Config fields.

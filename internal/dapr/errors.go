@@ -22,8 +22,8 @@ var (
 	// that lacks a feature wsm needs.
 	ErrComponent = errors.New("dapr: unusable component")
 	// ErrSubscribeUnsupported reports a Subscribe on the Dapr PubSub.
-	// Dapr delivers subscriptions by calling an app server, which this
-	// package does not run. It wraps errors.ErrUnsupported.
+	// Dapr delivers subscriptions by calling the app, so they go through
+	// Subscriptions instead. It wraps errors.ErrUnsupported.
 	ErrSubscribeUnsupported = fmt.Errorf("dapr: subscribe needs an app server: %w", errors.ErrUnsupported)
 )
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	sdk "github.com/dapr/go-sdk/client"
 
@@ -22,6 +23,7 @@ type PubSub struct {
 	pipe *resilience.Pipeline
 
 	calls   counters
+	onCall  func(operation string, took time.Duration, err error) // Config.OnCall
 	closed  atomic.Bool
 	release func()
 }
@@ -52,10 +54,13 @@ func (p *PubSub) Publish(ctx context.Context, m pubsub.Message) error {
 	}
 	return p.pipe.Do(ctx, "publish", func(ctx context.Context) error {
 		p.calls.publish.Add(1)
-		if err := p.sdk.PublishEvent(ctx, p.name, m.Topic, data, opts...); err != nil {
-			return fmt.Errorf("dapr: publish to %s: %w", m.Topic, err)
+		start := time.Now()
+		err := p.sdk.PublishEvent(ctx, p.name, m.Topic, data, opts...)
+		if err != nil {
+			err = fmt.Errorf("dapr: publish to %s: %w", m.Topic, err)
 		}
-		return nil
+		report(p.onCall, "publish", start, err)
+		return err
 	})
 }
 
@@ -83,8 +88,8 @@ func keepTraceparent(data []byte) []byte {
 }
 
 // Subscribe fails with ErrSubscribeUnsupported: Dapr delivers messages by
-// calling an HTTP or gRPC server of the app, declared to the sidecar at its
-// start, which this package does not run.
+// calling the app, declared to the sidecar at its start. Subscriptions
+// serves that on the app's HTTP listener.
 func (p *PubSub) Subscribe(_ context.Context, topic string, _ pubsub.Handler) error {
 	return fmt.Errorf("subscribe to %s on %s: %w", topic, p.name, ErrSubscribeUnsupported)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	sdk "github.com/dapr/go-sdk/client"
 
@@ -22,6 +23,7 @@ type Store struct {
 	chunk  int
 
 	calls   counters
+	onCall  func(operation string, took time.Duration, err error) // Config.OnCall
 	closed  atomic.Bool
 	release func()
 }
@@ -100,9 +102,12 @@ func (s *Store) Get(ctx context.Context, key string) (state.Item, error) {
 	var it state.Item
 	err := s.pipe.Do(ctx, "get", func(ctx context.Context) error {
 		s.calls.get.Add(1)
+		start := time.Now()
 		got, err := s.sdk.GetState(ctx, s.name, key, nil)
+		err = mapStateError("get "+key, err)
+		report(s.onCall, "get", start, err)
 		if err != nil {
-			return mapStateError("get "+key, err)
+			return err
 		}
 		it = item(key, got.Value, got.Etag)
 		return nil
@@ -128,9 +133,12 @@ func (s *Store) BulkGet(ctx context.Context, keys []string) ([]state.Item, error
 func (s *Store) bulkGet(ctx context.Context, keys []string, out []state.Item) error {
 	return s.pipe.Do(ctx, "bulk_get", func(ctx context.Context) error {
 		s.calls.bulkGet.Add(1)
+		start := time.Now()
 		got, err := s.sdk.GetBulkState(ctx, s.name, keys, nil, 0)
+		err = mapStateError("bulk get", err)
+		report(s.onCall, "bulk_get", start, err)
 		if err != nil {
-			return mapStateError("bulk get", err)
+			return err
 		}
 		// Dapr returns one item per key, not necessarily in request order,
 		// and reports a key it could not read in the item, not the call.
@@ -190,8 +198,18 @@ func (s *Store) Transact(ctx context.Context, ops []state.Op) error {
 	}
 	return s.pipe.Do(ctx, "transact", func(ctx context.Context) error {
 		s.calls.transact.Add(1)
-		return mapStateError("transact", s.sdk.ExecuteStateTransaction(ctx, s.name, nil, req))
+		start := time.Now()
+		err := mapStateError("transact", s.sdk.ExecuteStateTransaction(ctx, s.name, nil, req))
+		report(s.onCall, "transact", start, err)
+		return err
 	})
+}
+
+// report calls an OnCall hook, if there is one, for a call started at start.
+func report(hook func(string, time.Duration, error), operation string, start time.Time, err error) {
+	if hook != nil {
+		hook(operation, time.Since(start), err)
+	}
 }
 
 // conditional returns the options of a write that carries an ETag or must

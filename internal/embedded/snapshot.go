@@ -77,6 +77,8 @@ func (s *snapshot) Scan(ctx context.Context, prefix string, fn func(state.Item) 
 	return nil
 }
 
-func (s *snapshot) Capabilities() state.Capabilities { return state.Capabilities{Atomic: true, Scan: true} }
+func (s *snapshot) Capabilities() state.Capabilities {
+	return state.Capabilities{Atomic: true, Scan: true}
+}
 
 func (s *snapshot) Close() error { return nil }
