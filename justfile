@@ -25,6 +25,9 @@ fuzz FUZZTIME="30s":
     go test -run '^$' -fuzz '^FuzzParseToken$' -fuzztime {{FUZZTIME}} ./socket/
     go test -run '^$' -fuzz '^FuzzDecodeRecord$' -fuzztime {{FUZZTIME}} ./eventlog/
     go test -run '^$' -fuzz '^FuzzParseCursor$' -fuzztime {{FUZZTIME}} ./eventlog/
+    go test -run '^$' -fuzz '^FuzzParseFeedQuery$' -fuzztime {{FUZZTIME}} ./socket/
+    go test -run '^$' -fuzz '^FuzzDecodeCursor$' -fuzztime {{FUZZTIME}} ./cmd/wsm/
+    go test -run '^$' -fuzz '^FuzzTraceparent$' -fuzztime {{FUZZTIME}} ./cmd/wsm/
 
 # Run the Go micro-benchmarks.
 bench:
