@@ -107,6 +107,9 @@ func defaultServeConfig() serveConfig {
 	}
 }
 
+// minJWTSecret is the shortest HS256 key RFC 7518 allows: the hash size.
+const minJWTSecret = 32
+
 // envPrefix starts every environment variable wsm reads.
 const envPrefix = "WSM_"
 
@@ -241,6 +244,9 @@ func (c *serveConfig) Validate() error {
 	}
 	if c.APIToken != "" && len(c.APIToken) < minAPITokenBytes {
 		bad("%s is %d bytes; use a random token of at least %d", apiTokenEnv, len(c.APIToken), minAPITokenBytes)
+	}
+	if c.JWTSecret != "" && len(c.JWTSecret) < minJWTSecret {
+		bad("WSM_JWT_SECRET has %d bytes; an HS256 key needs at least %d (RFC 7518)", len(c.JWTSecret), minJWTSecret)
 	}
 	if err == nil && c.JWTSecret == "" && !c.AllowAnonymous && !isLoopbackHost(host) {
 		bad("--listen %s is not a loopback address, and neither WSM_JWT_SECRET nor --allow-anonymous is set; "+

@@ -63,7 +63,7 @@ func TestServeConfigErrors(t *testing.T) {
 		want []string // every fragment must appear in the one error
 	}{
 		{"public without auth", []string{"--listen", "0.0.0.0:8080"}, nil, []string{"not a loopback address", "WSM_JWT_SECRET", "WSM_API_TOKEN"}},
-		{"public without API token", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": "s"},
+		{"public without API token", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": strings.Repeat("s", 32)},
 			[]string{"--listen 0.0.0.0:8080 is not a loopback address, and WSM_API_TOKEN is not set"}},
 		{"short API token", nil, map[string]string{"WSM_API_TOKEN": "short"}, []string{"WSM_API_TOKEN is 5 bytes"}},
 		{"empty host without auth", []string{"--listen", ":8080"}, nil, []string{"not a loopback address"}},
@@ -72,6 +72,7 @@ func TestServeConfigErrors(t *testing.T) {
 			[]string{"--read-limit 10", "--send-queue 0", "--log-format \"xml\""}},
 		{"bad env duration", nil, map[string]string{"WSM_PING_INTERVAL": "soon"}, []string{"WSM_PING_INTERVAL=\"soon\": invalid duration"}},
 		{"unknown backend", []string{"--backend", "etcd"}, nil, []string{"--backend \"etcd\""}},
+		{"short jwt secret", nil, map[string]string{"WSM_JWT_SECRET": "too-short"}, []string{"WSM_JWT_SECRET has 9 bytes", "at least 32"}},
 		{"slash in instance id", []string{"--instance-id", "a/b"}, nil, []string{"must not contain '/'"}},
 	}
 	for _, tt := range tests {
@@ -95,7 +96,7 @@ func TestServeConfigPublicWithAuth(t *testing.T) {
 		args []string
 		env  map[string]string
 	}{
-		{"secret", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": "s", "WSM_API_TOKEN": testAPIToken}},
+		{"secret", []string{"--listen", "0.0.0.0:8080"}, map[string]string{"WSM_JWT_SECRET": strings.Repeat("s", 32), "WSM_API_TOKEN": testAPIToken}},
 		{"anonymous flag", []string{"--listen", "0.0.0.0:8080", "--allow-anonymous"}, map[string]string{"WSM_API_TOKEN": testAPIToken}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

@@ -36,6 +36,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, env func(
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
 	}
+	if cmd == "serve" && len(args) == 1 && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		// Before the serve flags, name the other subcommands.
+		usage(stderr)
+		fmt.Fprintln(stderr)
+	}
 	switch cmd {
 	case "serve":
 		return runServe(ctx, args, stdout, stderr, env)
