@@ -441,8 +441,13 @@ func (in *instance) fence(loops context.Context, by string) {
 // still queued, and heartbeats stopped. Then it closes the feed's
 // subscribers with 1001, stops the HTTP server and the log writer, and
 // publishes the stream's tail.
-// drainBeatTimeout bounds each heartbeat of the drain.
-const drainBeatTimeout = 2 * time.Second
+// drainBeatTimeout bounds each heartbeat of the drain, and drainReserve is
+// the part of the shutdown timeout kept for stopping the publisher and
+// closing the backend after the stream's tail is published.
+const (
+	drainBeatTimeout = 2 * time.Second
+	drainReserve     = 500 * time.Millisecond
+)
 
 func (in *instance) drain() error {
 	ctx, cancel := context.WithTimeout(context.Background(), in.cfg.ShutdownTimeout)
@@ -494,7 +499,14 @@ func (in *instance) drain() error {
 		in.follows.Wait()
 		// No peer reclaims a stream that stopped cleanly, so its tail is
 		// published here or by this instance id's next start.
-		if err := in.publisher.Drain(ctx, w.Stream()); err != nil {
+		// Leave a reserve of the timeout for the teardown that follows.
+		pctx := ctx
+		if deadline, ok := ctx.Deadline(); ok {
+			var cancel context.CancelFunc
+			pctx, cancel = context.WithDeadline(ctx, deadline.Add(-drainReserve))
+			defer cancel()
+		}
+		if err := in.publisher.Drain(pctx, w.Stream()); err != nil {
 			logger.Warn().Err(err).Msg("events of this incarnation not yet published; the next start publishes them")
 		}
 	}
