@@ -29,6 +29,12 @@ fuzz FUZZTIME="30s":
     go test -run '^$' -fuzz '^FuzzDecodeCursor$' -fuzztime {{FUZZTIME}} ./cmd/wsm/
     go test -run '^$' -fuzz '^FuzzTraceparent$' -fuzztime {{FUZZTIME}} ./cmd/wsm/
 
-# Run the Go micro-benchmarks.
+# Run the Go micro-benchmarks, then a small memory and churn comparison of
+# wsm against raw gws (.ci/bench-load), and print the results; nothing is
+# written to docs/benchmarks.md. Bounded to about 10 minutes: 7 for the
+# micro-benchmarks, 3 for the load run. -short and -skip leave out the
+# benchmarks that need Dapr sidecars and Redis; `docs/benchmarks.md` gives
+# their commands.
 bench:
-    go test -run '^$' -bench . -benchmem ./...
+    timeout 420 go test -short -run '^$' -bench . -skip 'Dapr|ReclaimAfterKill' -benchmem -timeout 6m ./...
+    CONNS=2000 HOLD_SECONDS=25 CHURN_SECONDS=5 ROUNDS=1 timeout 180 .ci/bench-load
