@@ -58,6 +58,7 @@ type serveConfig struct {
 
 	LogFormat string
 	LogLevel  string
+	Pprof     bool
 }
 
 func defaultServeConfig() serveConfig {
@@ -185,6 +186,7 @@ func bindServeFlags(fs *flag.FlagSet, c *serveConfig, env func(string) string) e
 	num(&c.FeedSocketBuffer, "feed-socket-buffer", "kernel send buffer of each /events subscriber socket in bytes; 0 keeps the system default")
 	str(&c.LogFormat, "log-format", "log format: json or console")
 	str(&c.LogLevel, "log-level", "log level: debug, info, warn or error")
+	boolean(&c.Pprof, "pprof", "serve Go profiles under /debug/pprof/ (loopback listeners only)")
 
 	c.JWTSecret = env("WSM_JWT_SECRET")
 	c.APIToken = env(apiTokenEnv)
@@ -286,6 +288,9 @@ func (c *serveConfig) Validate() error {
 	positive("feed-slow-timeout", c.FeedSlowTimeout)
 	if c.FeedSocketBuffer < 0 {
 		bad("--feed-socket-buffer %d: must be a size in bytes, or 0 for the system default", c.FeedSocketBuffer)
+	}
+	if err == nil && c.Pprof && !isLoopbackHost(host) {
+		bad("--pprof on %s: profiles reveal memory contents, so they are served on loopback listeners only", c.Listen)
 	}
 	if c.LogFormat != "json" && c.LogFormat != "console" {
 		bad("--log-format %q: want json or console", c.LogFormat)

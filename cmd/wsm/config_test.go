@@ -72,6 +72,7 @@ func TestServeConfigErrors(t *testing.T) {
 			[]string{"--read-limit 10", "--send-queue 0", "--log-format \"xml\""}},
 		{"bad env duration", nil, map[string]string{"WSM_PING_INTERVAL": "soon"}, []string{"WSM_PING_INTERVAL=\"soon\": invalid duration"}},
 		{"unknown backend", []string{"--backend", "etcd"}, nil, []string{"--backend \"etcd\""}},
+		{"pprof off loopback", []string{"--listen", "0.0.0.0:8080", "--allow-anonymous", "--pprof"}, map[string]string{"WSM_API_TOKEN": testAPIToken}, []string{"--pprof on 0.0.0.0:8080"}},
 		{"short jwt secret", nil, map[string]string{"WSM_JWT_SECRET": "too-short"}, []string{"WSM_JWT_SECRET has 9 bytes", "at least 32"}},
 		{"slash in instance id", []string{"--instance-id", "a/b"}, nil, []string{"must not contain '/'"}},
 	}

@@ -288,6 +288,9 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	}
 	mux.Handle("GET /events", in.feed)
 	mux.Handle("GET /metrics", in.metrics.Handler())
+	if cfg.Pprof {
+		routePprof(mux)
+	}
 	a.routes(mux)
 	in.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
