@@ -111,9 +111,16 @@ func TestFleetSurvivesStateStoreOutage(t *testing.T) {
 	}
 	redis.Resume(t)
 
-	waitFor(t, 60*time.Second, "/readyz to report healthy again", func() bool {
-		code, status, _ := readyStatus(t, svcs[0])
-		return code == http.StatusOK && status == statusHealthy
+	// Each instance's breaker closes on its own next calls, so both must
+	// report healthy before their views are read.
+	waitFor(t, 60*time.Second, "/readyz of both instances to report healthy again", func() bool {
+		for _, svc := range svcs {
+			code, status, _ := readyStatus(t, svc)
+			if code != http.StatusOK || status != statusHealthy {
+				return false
+			}
+		}
+		return true
 	})
 
 	wantOpen := map[string]bool{}
