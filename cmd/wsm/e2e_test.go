@@ -184,27 +184,46 @@ func dial(t *testing.T, url, user string) (*client, error) {
 // rebuild do.
 func getJSON(t *testing.T, url string, v any) {
 	t.Helper()
+	if err := fetchJSON(url, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fetchJSON gets url with the API token from the environment and decodes
+// a 200 response into v.
+func fetchJSON(url string, v any) error {
 	req, err := http.NewRequest(http.MethodGet, url, nil)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	setAPIToken(req, os.Getenv(apiTokenEnv))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("GET %s: %s", url, resp.Status)
+		return fmt.Errorf("GET %s: %s", url, resp.Status)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
-		t.Fatalf("GET %s: decode: %v", url, err)
+		return fmt.Errorf("GET %s: decode: %v", url, err)
 	}
+	return nil
 }
 
 // openConnectionIDs lists the open connections, following every page.
 func openConnectionIDs(t *testing.T, s *service, query string) map[string]bool {
 	t.Helper()
+	out, err := listOpenConnections(s, query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// listOpenConnections is openConnectionIDs for polls that must ride out a
+// failed request, such as one that meets an open breaker.
+func listOpenConnections(s *service, query string) (map[string]bool, error) {
 	sep := "?"
 	if query != "" {
 		sep = "&"
@@ -218,17 +237,18 @@ func openConnectionIDs(t *testing.T, s *service, query string) map[string]bool {
 			} `json:"connections"`
 			Next string `json:"next"`
 		}
-		getJSON(t, s.base+"/v1/connections"+query+sep+"limit=1000&cursor="+url.QueryEscape(cursor), &body)
+		if err := fetchJSON(s.base+"/v1/connections"+query+sep+"limit=1000&cursor="+url.QueryEscape(cursor), &body); err != nil {
+			return nil, err
+		}
 		for _, c := range body.Connections {
 			out[c.ConnectionID] = true
 		}
 		if body.Next == "" {
-			return out
+			return out, nil
 		}
 		cursor = body.Next
 	}
-	t.Fatalf("GET /v1/connections%s: more than 1000 pages", query)
-	return nil
+	return nil, fmt.Errorf("GET /v1/connections%s: more than 1000 pages", query)
 }
 
 // replay runs `wsm replay` and returns the events it printed.

@@ -128,7 +128,10 @@ func TestFleetSurvivesStateStoreOutage(t *testing.T) {
 		wantOpen[c.id] = true
 	}
 	waitFor(t, 60*time.Second, "the views to list exactly the kept connections", func() bool {
-		got := openConnectionIDs(t, svcs[1], "")
+		got, err := listOpenConnections(svcs[1], "")
+		if err != nil {
+			return false
+		}
 		for id := range got {
 			if !wantOpen[id] {
 				return false
