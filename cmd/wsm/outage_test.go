@@ -127,11 +127,19 @@ func TestFleetSurvivesStateStoreOutage(t *testing.T) {
 	for _, c := range kept {
 		wantOpen[c.id] = true
 	}
-	waitFor(t, 60*time.Second, "the views to list exactly the kept connections", func() bool {
+	var lastList string
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("last listing of the views: %s", lastList)
+		}
+	})
+	waitFor(t, 90*time.Second, "the views to list exactly the kept connections", func() bool {
 		got, err := listOpenConnections(svcs[1], "")
 		if err != nil {
+			lastList = err.Error()
 			return false
 		}
+		lastList = fmt.Sprintf("%d open, want %d: %v", len(got), len(wantOpen), got)
 		for id := range got {
 			if !wantOpen[id] {
 				return false
