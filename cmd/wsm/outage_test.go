@@ -55,9 +55,14 @@ func TestFleetSurvivesStateStoreOutage(t *testing.T) {
 	subDaprd.Start(t)
 
 	sidecars := []*daprtest.Daprd{daprtest.Sidecar(t, opts), daprtest.Sidecar(t, opts)}
+	// After the outage each instance's breaker stays open for up to its 5 s
+	// open timeout before its queued heartbeats commit, so a peer that
+	// recovered first must not count that as death: the TTL here exceeds
+	// the open timeout plus the writer's longest retry delay.
+	ttl := []string{"--heartbeat-ttl", "10s"}
 	svcs := []*service{
-		startDaprService(t, sidecars[0], "pod-a", topic),
-		startDaprService(t, sidecars[1], "pod-b", topic),
+		startDaprService(t, sidecars[0], "pod-a", topic, ttl...),
+		startDaprService(t, sidecars[1], "pod-b", topic, ttl...),
 	}
 
 	const perInstance = 10
