@@ -8,14 +8,14 @@ import (
 	"github.com/virtufin/websocketmanager/internal/state"
 )
 
-// TailReport says what RepairTail found at the end of a stream.
+// TailReport describes what RepairTail found at the end of a stream.
 type TailReport struct {
 	Stream      string
 	Head        uint64 // head after the repair
 	Dropped     uint64 // damaged or missing events cut from the tail
 	Orphans     int    // event keys past the head, left by a commit that never finished, deleted
 	OldHead     uint64
-	FirstDamage error // why the first dropped event was dropped
+	FirstDamage error // cause of dropping the first dropped event
 }
 
 // Repaired reports whether the stream was changed.

@@ -6,7 +6,7 @@ import (
 	"fmt"
 )
 
-// viewKind says which view a key holds.
+// viewKind is the kind of view a key contains.
 type viewKind int
 
 const (

@@ -11,7 +11,7 @@ import (
 	"github.com/virtufin/websocketmanager/internal/state"
 )
 
-// Reader answers queries from the views. It reads through indexes only and
+// Reader runs queries against the views. It reads through indexes only and
 // never scans the store.
 type Reader struct {
 	Store state.Store

@@ -3,7 +3,7 @@
 // envelope attributes, and validation against the JSON Schema files embedded
 // in this package.
 //
-// Everything here is safe for concurrent use. The package knows nothing of
+// Everything here is safe for concurrent use. The package does not depend on
 // storage or sockets: it builds and checks events, nothing more.
 package schemas
 

@@ -143,7 +143,7 @@ func Validate(ev *event.Event) error {
 }
 
 // checkSubject verifies that the subject names what the data is about, so a
-// subscriber filtering by subject sees the same events a fold would.
+// subscriber filtering by subject receives the same events a fold uses.
 func checkSubject(ev *event.Event, typ string, fail func(string, string) error) error {
 	var ids struct {
 		ConnectionID string `json:"connectionId"`

@@ -103,7 +103,7 @@ func (c PublisherConfig) Validate() error {
 //   - its current incarnation's, live, with Follow;
 //   - those of its earlier incarnations, at startup, with EnqueuePrevious;
 //   - that of every incarnation it reclaims, through Reclaimer.Publication.
-//     Whoever reclaims a stream also drains its publication.
+//     The instance that reclaims a stream also drains its publication.
 type Publisher struct {
 	cfg   PublisherConfig
 	store state.Store

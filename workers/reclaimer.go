@@ -50,7 +50,7 @@ type Publication interface {
 //  3. removes the instance from the instance index, unless a newer
 //     incarnation has started meanwhile;
 //  4. enqueues the dead incarnation's stream on Publication for draining.
-//     Whoever reclaims a stream also publishes what it left unpublished.
+//     The instance that reclaims a stream also publishes what it left unpublished.
 //
 // A claim whose claimer died before step 3 is taken over by the next
 // reclaimer that sees it, so no connection is left behind.

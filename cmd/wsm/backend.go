@@ -68,7 +68,7 @@ func openBackend(ctx context.Context, cfg serveConfig, logger zerolog.Logger, m 
 	return nil, fmt.Errorf("unknown backend %q", cfg.Backend)
 }
 
-// daprAddressFromEnv returns the sidecar's gRPC address the way Dapr tells
+// daprAddressFromEnv returns the sidecar's gRPC address the way Dapr passes it to
 // an app: DAPR_GRPC_ENDPOINT, else DAPR_GRPC_PORT on loopback, else the
 // default port.
 func daprAddressFromEnv(env func(string) string) string {

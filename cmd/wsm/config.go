@@ -35,7 +35,7 @@ type serveConfig struct {
 	PubSub            string
 	EventsTopic       string
 	PublishHeartbeats bool
-	MessagesTopic     string // where client messages are published
+	MessagesTopic     string // topic of client messages
 	TopicPrefix       string // starts each instance's command topic
 	// DaprAppToken is the token the sidecar sends with each call to wsm,
 	// from APP_API_TOKEN. Empty means calls are not checked for it.

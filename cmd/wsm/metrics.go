@@ -95,7 +95,7 @@ func (m *serveMetrics) meterPublish(kind string, ps pubsub.PubSub) pubsub.PubSub
 
 // meteredPubSub records each Publish to the pub/sub it wraps. Like the
 // lifecycle publisher's hook, it leaves out a failure whose context had
-// ended, since that tells nothing about the pub/sub.
+// ended, since such a failure is not the pub/sub's.
 type meteredPubSub struct {
 	pubsub.PubSub
 	kind string

@@ -36,7 +36,7 @@ func readyStatus(t *testing.T, svc *service) (int, string, string) {
 
 // TestFleetSurvivesStateStoreOutage freezes the state store's Redis for 30
 // seconds under two instances while clients connect and disconnect. The
-// breakers must open and /readyz say so, connected clients must stay
+// breakers must open and /readyz report it, connected clients must stay
 // connected, and after recovery no event may be missing from the log or the
 // topic, no connection may be reclaimed, and the views must verify.
 func TestFleetSurvivesStateStoreOutage(t *testing.T) {
@@ -56,8 +56,8 @@ func TestFleetSurvivesStateStoreOutage(t *testing.T) {
 
 	sidecars := []*daprtest.Daprd{daprtest.Sidecar(t, opts), daprtest.Sidecar(t, opts)}
 	// After the outage each instance's breaker stays open for up to its 5 s
-	// open timeout before its queued heartbeats commit, so a peer that
-	// recovered first must not count that as death: the TTL here exceeds
+	// open timeout before its queued heartbeats commit. A peer that
+	// recovered first must not count that as death, so the TTL here exceeds
 	// the open timeout plus the writer's longest retry delay.
 	ttl := []string{"--heartbeat-ttl", "10s"}
 	svcs := []*service{

@@ -24,7 +24,7 @@ import (
 // sidecar requests the app's list of topics (GET /dapr/subscribe), then
 // POSTs each message of those topics to the route the app named, as a
 // structured CloudEvent, and reads the outcome from the status in the JSON
-// response: SUCCESS, RETRY or DROP. An answer of 404 drops the message too,
+// response: SUCCESS, RETRY or DROP. A 404 response drops the message too,
 // and any other failure has it redelivered. The sidecar must be started
 // with --app-port set to the port the app serves these routes on.
 
@@ -200,7 +200,7 @@ func (s *Subscriptions) deliver(w http.ResponseWriter, r *http.Request) {
 	sub := s.topics[topic]
 	s.mu.Unlock()
 	if err != nil || sub == nil {
-		// Dapr drops a message answered with 404: no process of this app
+		// Dapr drops a message that gets a 404 response, because no process of this app
 		// version will ever take it.
 		writeStatus(w, http.StatusNotFound, map[string]string{"error": "no subscription for this route"})
 		return

@@ -6,7 +6,7 @@
 // test ends, so parallel tests never share state. The daprd binary comes from
 // the WSM_DAPRD environment variable or from .ci/ensure-daprd, which builds
 // it on first use; the shared Redis on 127.0.0.1:6379 is started by
-// .ci/ensure-redis when nothing answers there. A test that cannot get
+// .ci/ensure-redis when nothing responds there. A test that cannot get
 // either fails: the integration run has both, and a skip would hide that
 // the Dapr backend went untested.
 //
@@ -335,7 +335,7 @@ func Binary(t testing.TB) string {
 }
 
 // EnsureRedis runs .ci/ensure-redis, which starts a Redis on
-// DefaultRedisAddr unless one answers there.
+// DefaultRedisAddr unless one responds there.
 func EnsureRedis(t testing.TB) {
 	t.Helper()
 	script := repoFile(t, ".ci/ensure-redis")

@@ -22,7 +22,7 @@ type Message struct {
 }
 
 // Handler receives messages of a subscription. It runs on the broker's
-// goroutine and must not block for long; an error asks for redelivery where
+// goroutine and must not block for long; an error requests redelivery where
 // the broker supports it.
 type Handler func(ctx context.Context, m Message) error
 

@@ -24,7 +24,7 @@ type Item struct {
 // Exists reports whether the key was present.
 func (i Item) Exists() bool { return i.Value != nil }
 
-// OpKind says what an Op does.
+// OpKind is the kind of write an Op makes.
 type OpKind int
 
 const (
