@@ -43,9 +43,10 @@
 // # Concurrency
 //
 // Every exported method of Server and Authenticator is safe for concurrent
-// use. Send, SendUser and Kick never block on a socket: they queue work and
-// return. Shutdown, CloseAll and Fence block until the disconnected events
-// are appended, or queued behind a store outage, or their context ends.
+// use. Send, SendUser, SendAll and Kick never block on a socket: they queue
+// work and return. Shutdown, CloseAll and Fence block until the
+// disconnected events are appended, or queued behind a store outage, or
+// their context ends.
 //
 // Config.OnMessage runs on the connection's read goroutine, so it must not
 // block: while it runs, that connection reads no frames, including pongs.

@@ -164,6 +164,20 @@ func (h *hub) userConns(userID string) []*conn {
 	return out
 }
 
+// visibleConns returns the connections Lookup can find, in no order.
+func (h *hub) visibleConns() []*conn {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+
+	out := make([]*conn, 0, h.visible)
+	for _, c := range h.conns {
+		if c.visible {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func (h *hub) infos() []ConnInfo {
 	h.mu.RLock()
 	defer h.mu.RUnlock()

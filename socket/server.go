@@ -232,6 +232,27 @@ func (s *Server) SendUser(userID string, binary bool, payload []byte) (delivered
 	return delivered, errors.Join(problems...)
 }
 
+// SendAll queues a message for every connection Lookup can find and
+// returns how many accepted it and how many were closing, among them any
+// that SendAll itself closed as slow consumers. Only an invalid payload
+// returns an error.
+func (s *Server) SendAll(binary bool, payload []byte) (delivered, closing int, err error) {
+	if err := s.checkPayload(binary, payload); err != nil {
+		return 0, 0, fmt.Errorf("send to all: %w", err)
+	}
+	for _, c := range s.hub.visibleConns() {
+		if err := c.enqueue(opcode(binary), payload); err != nil {
+			closing++
+			continue
+		}
+		delivered++
+	}
+	if closing > 0 {
+		s.log.Debug().Int("delivered", delivered).Int("closing", closing).Msg("message queued for all but closing connections")
+	}
+	return delivered, closing, nil
+}
+
 func (s *Server) checkPayload(binary bool, payload []byte) error {
 	if len(payload) > s.cfg.WriteLimit {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, len(payload), s.cfg.WriteLimit)
