@@ -38,13 +38,19 @@ import (
 //
 // The holder's Delivery receives the command through Handle and acts on
 // the connection if it still holds it with the incarnation the command
-// names. Commands are CloudEvents of their own types, published and
-// received but never appended to the event log.
+// names. A send to every connection of another instance is one broadcast
+// command on that instance's topic, which the holder executes only while
+// its incarnation is the one the command names. Commands are CloudEvents
+// of their own types, published and received but never appended to the
+// event log.
 
 // Command types.
 const (
 	TypeCommandSend  = schemas.TypePrefix + "command.send"
 	TypeCommandClose = schemas.TypePrefix + "command.close"
+	// TypeCommandBroadcast is a frame for every connection of the instance
+	// that receives the command.
+	TypeCommandBroadcast = schemas.TypePrefix + "command.broadcast"
 )
 
 // instanceTopicInfix sits between the topic prefix and the instance id.
@@ -104,7 +110,10 @@ type Close struct {
 type Sockets interface {
 	Lookup(connID string) (socket.ConnInfo, bool)
 	Send(connID string, binary bool, payload []byte) error
+	SendAll(binary bool, payload []byte) (delivered, closing int, err error)
 	KickWith(connID string, opts socket.KickOptions) error
+	// Incarnation returns the incarnation that new connections get.
+	Incarnation() string
 }
 
 // CommandPublisher publishes a message; pubsub.PubSub implements it.
@@ -173,7 +182,8 @@ func NewDelivery(cfg DeliveryConfig) (*Delivery, error) {
 // Topic returns the topic this instance receives commands on.
 func (d *Delivery) Topic() string { return InstanceTopic(d.cfg.TopicPrefix, d.cfg.InstanceID) }
 
-// MaxPayload returns the largest payload Send and SendUser accept.
+// MaxPayload returns the largest payload Send, SendUser and SendInstance
+// accept.
 func (d *Delivery) MaxPayload() int { return d.cfg.MaxPayload }
 
 // target names a connection and the incarnation expected to hold it.
@@ -404,7 +414,7 @@ func (d *Delivery) publish(ctx context.Context, instanceID, typ, subject, tracep
 	if err := d.cfg.PubSub.Publish(ctx, pubsub.Message{Topic: topic, ContentType: pubsub.ContentTypeCloudEvent, Data: raw}); err != nil {
 		return fmt.Errorf("workers: forward %s to %s: %w", typ, instanceID, err)
 	}
-	d.cfg.Logger.Debug().Str("event_id", ev.ID()).Str("conn_id", subject).Str("instance_id", instanceID).
+	d.cfg.Logger.Debug().Str("event_id", ev.ID()).Str("subject", subject).Str("instance_id", instanceID).
 		Str("type", typ).Str("traceparent", traceparent).Msg("command forwarded")
 	return nil
 }
@@ -455,6 +465,8 @@ func (d *Delivery) Handle(_ context.Context, m pubsub.Message) error {
 			return nil
 		}
 		logger.Debug().Str("conn_id", data.Target.ConnectionID).Str("traceparent", traceparent).Msg("forwarded close started")
+	case TypeCommandBroadcast:
+		d.handleBroadcast(logger, ev, traceparent)
 	default:
 		logger.Warn().Str("type", ev.Type()).Msg("dropping a command of an unknown type")
 	}

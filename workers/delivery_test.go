@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cloudevents/sdk-go/v2/event"
 	"github.com/rs/zerolog"
 
 	"github.com/virtufin/websocketmanager/internal/embedded"
@@ -21,10 +23,11 @@ const testTrace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 // fakeSockets is a socket server that records what it is asked to do.
 type fakeSockets struct {
-	mu    sync.Mutex
-	conns map[string]socket.ConnInfo
-	sent  map[string][]string // payloads by connection id
-	kicks map[string]socket.KickOptions
+	mu          sync.Mutex
+	incarnation string
+	conns       map[string]socket.ConnInfo
+	sent        map[string][]string // payloads by connection id
+	kicks       map[string]socket.KickOptions
 }
 
 func newFakeSockets() *fakeSockets {
@@ -52,6 +55,22 @@ func (s *fakeSockets) Send(connID string, _ bool, payload []byte) error {
 	}
 	s.sent[connID] = append(s.sent[connID], string(payload))
 	return nil
+}
+
+func (s *fakeSockets) SendAll(_ bool, payload []byte) (delivered, closing int, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.conns {
+		s.sent[id] = append(s.sent[id], string(payload))
+		delivered++
+	}
+	return delivered, 0, nil
+}
+
+func (s *fakeSockets) Incarnation() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.incarnation
 }
 
 func (s *fakeSockets) KickWith(connID string, opts socket.KickOptions) error {
@@ -89,6 +108,7 @@ type deliveryNode struct {
 func newDeliveryNode(t *testing.T, f *fleet, ps pubsub.PubSub, instanceID string) *deliveryNode {
 	t.Helper()
 	n := &deliveryNode{node: f.node(t, instanceID), sockets: newFakeSockets()}
+	n.sockets.incarnation = n.id.Incarnation
 	n.heartbeat(t, schemas.StateServing)
 	var err error
 	n.delivery, err = NewDelivery(DeliveryConfig{
@@ -243,6 +263,96 @@ func TestDeliverySendUser(t *testing.T) {
 	}
 }
 
+func TestDeliverySendInstance(t *testing.T) {
+	f, ps := newDeliveryFleet(t)
+	a := newDeliveryNode(t, f, ps, "pod-a")
+	b := newDeliveryNode(t, f, ps, "pod-b")
+	c := newDeliveryNode(t, f, ps, "pod-c")
+	a.open(t, "a1", "u1")
+	a.open(t, "a2", "")
+	b.open(t, "b1", "u1")
+	b.open(t, "b2", "u2")
+	c.open(t, "c1", "u1")
+	c.heartbeat(t, schemas.StateStopped)
+
+	// Record the trace context of the commands that reach pod-b's topic.
+	var mu sync.Mutex
+	var traces []string
+	record := func(_ context.Context, m pubsub.Message) error {
+		var ev event.Event
+		if err := json.Unmarshal(m.Data, &ev); err != nil {
+			return err
+		}
+		tp, _ := ev.Extensions()[schemas.TraceparentExtension].(string)
+		mu.Lock()
+		traces = append(traces, tp)
+		mu.Unlock()
+		return nil
+	}
+	if err := ps.Subscribe(testCtx(t), b.delivery.Topic(), record); err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		instance string
+		want     InstanceResult
+	}{
+		{"pod-a", InstanceResult{InstanceID: "pod-a", Outcome: Delivered, Delivered: 2}},
+		{"pod-b", InstanceResult{InstanceID: "pod-b", Outcome: Queued}},
+		{"pod-c", InstanceResult{InstanceID: "pod-c", Outcome: Unknown, Detail: detailInstanceGone}},
+		{"pod-x", InstanceResult{InstanceID: "pod-x", Outcome: Unknown, Detail: detailNoInstance}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.instance, func(t *testing.T) {
+			res, err := a.delivery.SendInstance(testCtx(t), tt.instance, Message{Payload: []byte("to " + tt.instance), Traceparent: testTrace})
+			if err != nil {
+				t.Fatalf("SendInstance: %v", err)
+			}
+			if res != tt.want {
+				t.Errorf("got %+v, want %+v", res, tt.want)
+			}
+		})
+	}
+
+	for _, conn := range []string{"a1", "a2"} {
+		if got := a.sockets.messages(conn); len(got) != 1 || got[0] != "to pod-a" {
+			t.Errorf("pod-a's %s got %q, want [\"to pod-a\"]", conn, got)
+		}
+	}
+	for _, conn := range []string{"b1", "b2"} {
+		if got := b.sockets.messages(conn); len(got) != 1 || got[0] != "to pod-b" {
+			t.Errorf("pod-b's %s got %q, want the forwarded [\"to pod-b\"]", conn, got)
+		}
+	}
+	if got := c.sockets.messages("c1"); len(got) != 0 {
+		t.Errorf("stopped pod-c's socket got %q, want nothing", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(traces) != 1 || traces[0] != testTrace {
+		t.Errorf("traceparent of the commands to pod-b: got %q, want [%q]", traces, testTrace)
+	}
+}
+
+func TestDeliveryBroadcastForOtherIncarnation(t *testing.T) {
+	f, ps := newDeliveryFleet(t)
+	b := newDeliveryNode(t, f, ps, "pod-b")
+	b.open(t, "b1", "u")
+	command := func(incarnation string) string {
+		return `{"specversion":"1.0","id":"x1","source":"urn:virtufin:websocketmanager:pod-a","type":"` + TypeCommandBroadcast +
+			`","datacontenttype":"application/json","data":{"incarnation":"` + incarnation + `","payload":"aGk="}}`
+	}
+
+	for _, incarnation := range []string{"earlier", b.id.Incarnation} {
+		if err := b.delivery.Handle(testCtx(t), pubsub.Message{Topic: b.delivery.Topic(), Data: []byte(command(incarnation))}); err != nil {
+			t.Errorf("Handle for incarnation %s: got %v, want nil", incarnation, err)
+		}
+	}
+	if got := b.sockets.messages("b1"); len(got) != 1 || got[0] != "hi" {
+		t.Errorf("b1 got %q, want only the broadcast for the current incarnation, [\"hi\"]", got)
+	}
+}
+
 func TestDeliveryRejectsPayloads(t *testing.T) {
 	f, ps := newDeliveryFleet(t)
 	a := newDeliveryNode(t, f, ps, "pod-a")
@@ -267,6 +377,9 @@ func TestDeliveryRejectsPayloads(t *testing.T) {
 			if _, err := d.SendUser(testCtx(t), "u", tt.msg); !errors.Is(err, tt.want) {
 				t.Errorf("SendUser: got %v, want %v", err, tt.want)
 			}
+			if _, err := d.SendInstance(testCtx(t), "pod-a", tt.msg); !errors.Is(err, tt.want) {
+				t.Errorf("SendInstance: got %v, want %v", err, tt.want)
+			}
 		})
 	}
 }
@@ -290,6 +403,9 @@ func TestDeliveryPublishFailure(t *testing.T) {
 	}
 	if _, err := d.Close(testCtx(t), "conn-b", Close{}); err == nil {
 		t.Error("Close through a failing broker: got no error")
+	}
+	if _, err := d.SendInstance(testCtx(t), "pod-b", Message{Payload: []byte("x")}); err == nil {
+		t.Error("SendInstance through a failing broker: got no error")
 	}
 }
 
