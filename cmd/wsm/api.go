@@ -61,6 +61,7 @@ func (a *api) routes(mux *http.ServeMux) {
 	a.handle(mux, "DELETE /v1/connections/{id}", a.closeConnection)
 	a.handle(mux, "POST /v1/connections/{id}/messages", a.sendToConnection)
 	a.handle(mux, "POST /v1/users/{id}/messages", a.sendToUser)
+	a.handle(mux, "POST /v1/instances/{id}/messages", a.sendToInstance)
 	a.handle(mux, "GET /v1/instances", a.listInstances)
 	a.handle(mux, "GET /v1/admin/replay", a.replay)
 	a.handle(mux, "POST /v1/admin/verify", a.verify)

@@ -3,6 +3,7 @@ package main
 import (
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/virtufin/websocketmanager/internal/daprtest"
 	"github.com/virtufin/websocketmanager/schemas"
@@ -72,6 +73,24 @@ func TestBackendAPIAcrossDaprFleet(t *testing.T) {
 			if got, want := c.nextFrame(t), (frame{payload: "to erin"}); got != want {
 				t.Errorf("client %s got %+v, want %+v", c.id, got, want)
 			}
+		}
+	})
+
+	t.Run("send to every connection of the other instance", func(t *testing.T) {
+		r := call(t, http.MethodPost, v1+"/instances/pod-b/messages", "", []byte("to pod-b"),
+			map[string]string{"Content-Type": "text/plain", "traceparent": testTraceparent})
+		var body instanceResultBody
+		r.decode(t, &body)
+		if r.status != http.StatusAccepted || body.Result != "queued" || body.InstanceID != "pod-b" {
+			t.Errorf("send to pod-b: got %d %s, want 202 queued for pod-b", r.status, r.body)
+		}
+		if got, want := onB.nextFrame(t), (frame{payload: "to pod-b"}); got != want {
+			t.Errorf("client on pod-b got %+v, want %+v", got, want)
+		}
+		select {
+		case f := <-onA.frames:
+			t.Errorf("client on pod-a got %+v from a send to pod-b, want nothing", f)
+		case <-time.After(200 * time.Millisecond):
 		}
 	})
 
