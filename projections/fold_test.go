@@ -513,13 +513,52 @@ func checkHistoryViews(t *testing.T, h *history, s *projections.Set) {
 	}
 }
 
+// BenchmarkFold measures Fold into an in-memory Set that contains one shard
+// of benchShardSize open connections, their entries and their user indexes.
+// One op folds one event. The connected case folds the connect of a new
+// connection of that shard, the disconnected case the disconnect of one of
+// its open connections.
 func BenchmarkFold(b *testing.B) {
-	ev := connectedEv(b, "e1", 1, 1, "c1", "pod-a", "inc-a1", "u1")
-	s := projections.NewSet()
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := projections.Fold(s, ev); err != nil {
-			b.Fatal(err)
+	f := newShardFixture(b)
+	seq := uint64(len(f.open))
+
+	b.Run(fmt.Sprintf("connected/shard=%d", benchShardSize), func(b *testing.B) {
+		s := fold(b, f.open...)
+		ev := benchConnected(b, seq+1, f.newConn, benchUser(0))
+		b.ReportAllocs()
+		// Every fold after the first replaces the open entry it left,
+		// which takes the same steps as adding it.
+		for b.Loop() {
+			if err := projections.Fold(s, ev); err != nil {
+				b.Fatal(err)
+			}
 		}
-	}
+		if n := len(s.Shards[projections.ShardRef{InstanceID: benchInstance, Shard: f.shard}].Connections); n != benchShardSize+1 {
+			b.Fatalf("shard contains %d connections after the connect, want %d", n, benchShardSize+1)
+		}
+	})
+
+	b.Run(fmt.Sprintf("disconnected/shard=%d", benchShardSize), func(b *testing.B) {
+		s := fold(b, f.open...)
+		connID, user := f.conns[0], benchUser(0)
+		ev := benchDisconnected(b, seq+1, connID, user)
+		entry := s.Connections[connID]
+		shard := s.Shards[projections.ShardRef{InstanceID: benchInstance, Shard: f.shard}]
+		index := s.Users[user]
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := projections.Fold(s, ev); err != nil {
+				b.Fatal(err)
+			}
+			if entry.Open() || len(shard.Connections) != benchShardSize-1 {
+				b.Fatalf("after the disconnect the entry is open=%t and the shard has %d connections, want closed and %d", entry.Open(), len(shard.Connections), benchShardSize-1)
+			}
+			// Open the connection again, so the next op folds a real
+			// disconnect rather than one already folded. These three
+			// writes are part of the op.
+			entry.Closed = nil
+			shard.Connections[connID] = benchIncarnation
+			index.Connections[connID] = benchInstance
+		}
+	})
 }

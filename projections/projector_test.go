@@ -1,6 +1,7 @@
 package projections_test
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -194,18 +195,77 @@ func TestProjectorSkipsUnknownAndRejectsBad(t *testing.T) {
 	}
 }
 
+// BenchmarkProjectorMutations measures Projector.Mutations on the embedded
+// store: one op reads the views a batch touches, folds the batch and
+// encodes the writes, without committing them, so every op starts from the
+// same views.
+//
+// In the connected and disconnected cases the store contains one shard of
+// benchShardSize open connections, as on a busy instance. The batch is one
+// event: the connect of a new connection of that shard, or the disconnect
+// of one of its connections. In the batch=100 case the batch is 100
+// connects into an empty store.
 func BenchmarkProjectorMutations(b *testing.B) {
 	store := eventlogtest.OpenEmbedded(b, b.TempDir())
-	const stream = "pod-a/inc-a1"
-	events := make([]*event.Event, 100)
-	for i := range events {
-		events[i] = connectedEv(b, fmt.Sprintf("e%d", i), uint64(i+1), i, fmt.Sprintf("c%d", i), "pod-a", "inc-a1", fmt.Sprintf("u%d", i%10))
+	stream := eventlog.StreamName(benchInstance, benchIncarnation)
+	f := newShardFixture(b)
+	seed, err := projections.Projector{}.Mutations(b.Context(), store, recordsOf(b, stream, f.open...))
+	if err != nil {
+		b.Fatal(err)
 	}
-	records := recordsOf(b, stream, events...)
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := (projections.Projector{}).Mutations(b.Context(), store, records); err != nil {
+	if err := store.Transact(b.Context(), seed); err != nil {
+		b.Fatal(err)
+	}
+	seq := uint64(len(f.open))
+	shardKey := projections.ShardKey(benchInstance, f.shard)
+	item, err := store.Get(b.Context(), shardKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var stored projections.Shard
+	if err := json.Unmarshal(item.Value, &stored); err != nil {
+		b.Fatalf("decode %s: %v", shardKey, err)
+	}
+	if len(stored.Connections) != benchShardSize {
+		b.Fatalf("%s contains %d connections, want %d", shardKey, len(stored.Connections), benchShardSize)
+	}
+
+	single := func(b *testing.B, ev *event.Event) {
+		records := recordsOf(b, stream, ev)
+		ops, err := projections.Projector{}.Mutations(b.Context(), store, records)
+		if err != nil {
 			b.Fatal(err)
 		}
+		if !slices.Contains(opKeys(ops), shardKey) {
+			b.Fatalf("Mutations writes %v, want a write to %s", opKeys(ops), shardKey)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := (projections.Projector{}).Mutations(b.Context(), store, records); err != nil {
+				b.Fatal(err)
+			}
+		}
 	}
+	b.Run(fmt.Sprintf("connected/shard=%d", benchShardSize), func(b *testing.B) {
+		single(b, benchConnected(b, seq+1, f.newConn, benchUser(0)))
+	})
+	b.Run(fmt.Sprintf("disconnected/shard=%d", benchShardSize), func(b *testing.B) {
+		single(b, benchDisconnected(b, seq+1, f.conns[0], benchUser(0)))
+	})
+
+	b.Run("batch=100/empty-views", func(b *testing.B) {
+		store := eventlogtest.OpenEmbedded(b, b.TempDir())
+		const stream = "pod-a/inc-a1"
+		events := make([]*event.Event, 100)
+		for i := range events {
+			events[i] = connectedEv(b, fmt.Sprintf("e%d", i), uint64(i+1), i, fmt.Sprintf("c%d", i), "pod-a", "inc-a1", fmt.Sprintf("u%d", i%10))
+		}
+		records := recordsOf(b, stream, events...)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := (projections.Projector{}).Mutations(b.Context(), store, records); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }
