@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/virtufin/websocketmanager/internal/memrelease"
 	"github.com/virtufin/websocketmanager/socket"
 	"github.com/virtufin/websocketmanager/workers"
 )
@@ -55,6 +56,11 @@ type serveConfig struct {
 	FeedBuffer       int
 	FeedSlowTimeout  time.Duration
 	FeedSocketBuffer int // bytes, 0 for the system default
+
+	// ReleaseMemoryAfter is how long allocation must stay quiet after a
+	// burst, such as a connect storm, before free heap memory is returned
+	// to the operating system. Zero leaves it to Go's runtime.
+	ReleaseMemoryAfter time.Duration
 
 	LogFormat string
 	LogLevel  string
@@ -102,6 +108,11 @@ func defaultServeConfig() serveConfig {
 		// socket.DefaultFeedBuffer and socket.DefaultFeedSlowTimeout.
 		FeedBuffer:      socket.DefaultFeedBuffer,
 		FeedSlowTimeout: socket.DefaultFeedSlowTimeout,
+
+		// After a connect storm the heap holds about twice what the idle
+		// connections need (see internal/memrelease); 5 s without new
+		// allocation is long enough that a storm has ended.
+		ReleaseMemoryAfter: memrelease.DefaultQuiet,
 
 		LogFormat: "json",
 		LogLevel:  "info",
@@ -184,6 +195,7 @@ func bindServeFlags(fs *flag.FlagSet, c *serveConfig, env func(string) string) e
 	num(&c.FeedBuffer, "feed-buffer", "frames queued per /events subscriber; the feed waits while it is full")
 	dur(&c.FeedSlowTimeout, "feed-slow-timeout", "time an /events subscriber's full buffer may wait before it is closed with 1008 as slow")
 	num(&c.FeedSocketBuffer, "feed-socket-buffer", "kernel send buffer of each /events subscriber socket in bytes; 0 keeps the system default")
+	dur(&c.ReleaseMemoryAfter, "release-memory-after", "time allocation must stay quiet after a burst before free heap memory is returned to the operating system; 0 leaves it to Go's runtime")
 	str(&c.LogFormat, "log-format", "log format: json or console")
 	str(&c.LogLevel, "log-level", "log level: debug, info, warn or error")
 	boolean(&c.Pprof, "pprof", "serve Go profiles under /debug/pprof/ (loopback listeners only)")
@@ -286,6 +298,9 @@ func (c *serveConfig) Validate() error {
 		bad("--feed-buffer %d: must be at least 1", c.FeedBuffer)
 	}
 	positive("feed-slow-timeout", c.FeedSlowTimeout)
+	if c.ReleaseMemoryAfter < 0 {
+		bad("--release-memory-after %s: must not be negative; 0 disables it", c.ReleaseMemoryAfter)
+	}
 	if c.FeedSocketBuffer < 0 {
 		bad("--feed-socket-buffer %d: must be a size in bytes, or 0 for the system default", c.FeedSocketBuffer)
 	}

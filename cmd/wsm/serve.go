@@ -18,6 +18,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/virtufin/websocketmanager/eventlog"
+	"github.com/virtufin/websocketmanager/internal/memrelease"
 	"github.com/virtufin/websocketmanager/projections"
 	"github.com/virtufin/websocketmanager/schemas"
 	"github.com/virtufin/websocketmanager/socket"
@@ -293,6 +294,12 @@ func (in *instance) run(ctx context.Context, ln net.Listener, stdout io.Writer) 
 	}
 	a.routes(mux)
 	in.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	go memrelease.Run(pubLoops, memrelease.Config{
+		Quiet:     cfg.ReleaseMemoryAfter,
+		QuietRate: memrelease.DefaultQuietRate,
+		MinFree:   memrelease.DefaultMinFree,
+	}, logger)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- in.http.Serve(ln) }()
