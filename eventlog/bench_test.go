@@ -80,6 +80,7 @@ func benchAppendOne(b *testing.B, fsync bool) {
 		}
 	})
 	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	if commits := counter.n.Load() - before; commits > 0 {
 		b.ReportMetric(float64(b.N)/float64(commits), "events/commit")
 	}
