@@ -1,13 +1,16 @@
 // Command wsm-bench loads a running wsm, or its raw gws baseline, with real
-// WebSocket clients and reports connect latency and failures.
+// WebSocket clients and reports connect latency, messages delivered through
+// the backend API per second, and failures.
 //
 //	wsm-bench hold     --url ws://127.0.0.1:8080/ws --conns 1000 --anonymous
 //	wsm-bench churn    --url ws://127.0.0.1:8080/ws --rate 200 --duration 10s --anonymous
 //	wsm-bench baseline --listen 127.0.0.1:0
+//	wsm-bench deliver  --url ws://127.0.0.1:8080/ws --scope instance --clients 1000 --anonymous
 //
 // Every run is bounded in time and size, and targets must resolve to
 // loopback unless --allow-remote is passed. Ctrl-C stops a run and still
-// prints its report. The exit code is 1 when any connect or close failed.
+// prints its report. The exit code is 1 when any connect, close or API
+// request failed, or when a deliver run lost a frame.
 package main
 
 import (
@@ -27,6 +30,7 @@ commands:
   hold      open N clients, hold them, close them, report connect latency
   churn     cycle connect, welcome, close at a target rate
   baseline  serve a raw gws WebSocket endpoint to compare wsm against
+  deliver   send messages through the API to N clients, report messages/s
 
 Run "wsm-bench <command> -h" for the flags of a command.
 `
@@ -55,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runChurn(ctx, args[1:], stdout, stderr)
 	case "baseline":
 		err = runBaseline(ctx, args[1:], stdout, stderr)
+	case "deliver":
+		err = runDeliver(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0

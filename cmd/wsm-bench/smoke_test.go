@@ -17,8 +17,9 @@ import (
 const smokeSecret = "wsm-bench-smoke-secret-0123456789"
 
 // startWSM builds wsm, starts it on a free loopback port with anonymous
-// clients allowed, and returns its WebSocket URL from the line it prints.
-func startWSM(t *testing.T) string {
+// clients allowed and env added to its environment, and returns its
+// WebSocket URL from the line it prints.
+func startWSM(t *testing.T, env ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "wsm")
@@ -29,7 +30,7 @@ func startWSM(t *testing.T) string {
 
 	cmd := exec.Command(bin, "serve", "--listen", "127.0.0.1:0", "--data-dir", filepath.Join(dir, "data"),
 		"--allow-anonymous", "--log-level", "warn")
-	cmd.Env = append(os.Environ(), secretEnv+"="+smokeSecret)
+	cmd.Env = append(append(os.Environ(), secretEnv+"="+smokeSecret), env...)
 	var logs strings.Builder
 	cmd.Stderr = &lockedWriter{w: &logs}
 	stdout, err := cmd.StdoutPipe()
