@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/lxzan/gws"
 	"github.com/rs/zerolog"
+
+	"github.com/virtufin/websocketmanager/internal/daprtest"
 )
 
 // welcomeWaiter signals the first message a benchmark client receives.
@@ -105,10 +108,58 @@ func startInProcess(b *testing.B) string {
 	return ""
 }
 
+// startInProcessDapr runs serve on the Dapr backend in this process, with a
+// sidecar of its own over the Redis that daprtest uses. It skips under
+// -short, where no sidecar is started.
+func startInProcessDapr(b *testing.B) string {
+	if testing.Short() {
+		b.Skip("runs a Dapr sidecar")
+	}
+	prefix := "wsmbench-" + randomSuffix(b)
+	d := daprtest.Sidecar(b, daprtest.Options{Prefix: prefix})
+	cfg := defaultServeConfig()
+	cfg.Backend = "dapr"
+	cfg.DaprAddress = d.GRPCAddr
+	cfg.EventsTopic = prefix + ".system-events"
+	cfg.Listen = "127.0.0.1:0"
+	cfg.AllowAnonymous = true
+	cfg.InstanceID = "bench-dapr"
+
+	ctx, cancel := context.WithCancel(context.Background())
+	out, stdout := io.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer stdout.Close()
+		if err := serve(ctx, cfg, zerolog.Nop(), stdout); err != nil {
+			b.Error(err)
+		}
+	}()
+	b.Cleanup(func() { cancel(); <-done })
+
+	url := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			if rest, ok := strings.CutPrefix(sc.Text(), "wsm serving: clients connect to ws://"); ok {
+				url <- "ws://" + strings.TrimSuffix(strings.Fields(rest)[0], ",")
+			}
+		}
+	}()
+	select {
+	case u := <-url:
+		return u
+	case <-time.After(30 * time.Second):
+		b.Fatal("service on the Dapr backend did not start within 30s")
+		return ""
+	}
+}
+
 // BenchmarkConnectCycle measures connect, first message, close cycles with
 // 32 concurrent clients: through all of wsm (auth, a durable connected event
-// before the welcome, a durable disconnected event, views folded), and
-// against gws alone as the baseline.
+// before the welcome, a durable disconnected event, views folded) on the
+// embedded backend and on Dapr with Redis, and against gws alone as the
+// baseline.
 func BenchmarkConnectCycle(b *testing.B) {
 	for _, tc := range []struct {
 		name  string
@@ -116,6 +167,7 @@ func BenchmarkConnectCycle(b *testing.B) {
 	}{
 		{"raw-gws", startRawGWS},
 		{"wsm-embedded", startInProcess},
+		{"wsm-dapr", startInProcessDapr},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			url := tc.start(b)
