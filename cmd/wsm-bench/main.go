@@ -31,6 +31,8 @@ commands:
   churn     cycle connect, welcome, close at a target rate
   baseline  serve a raw gws WebSocket endpoint to compare wsm against
   deliver   send messages through the API to N clients, report messages/s
+  genlog    write an embedded data directory with a log of N events
+  readlines decode and count a file of CloudEvents JSON lines
 
 Run "wsm-bench <command> -h" for the flags of a command.
 `
@@ -61,6 +63,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runBaseline(ctx, args[1:], stdout, stderr)
 	case "deliver":
 		err = runDeliver(ctx, args[1:], stdout, stderr)
+	case "genlog":
+		err = runGenlog(ctx, args[1:], stdout, stderr)
+	case "readlines":
+		err = runReadlines(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
