@@ -6,6 +6,7 @@
 //	wsm-bench churn    --url ws://127.0.0.1:8080/ws --rate 200 --duration 10s --anonymous
 //	wsm-bench baseline --listen 127.0.0.1:0
 //	wsm-bench deliver  --url ws://127.0.0.1:8080/ws --scope instance --clients 1000 --anonymous
+//	wsm-bench doc      --results /tmp/wsm-bench-suite.XXXXXX --out docs/benchmarks.md
 //
 // Every run is bounded in time and size, and targets must resolve to
 // loopback unless --allow-remote is passed. Ctrl-C stops a run and still
@@ -33,6 +34,7 @@ commands:
   deliver   send messages through the API to N clients, report messages/s
   genlog    write an embedded data directory with a log of N events
   readlines decode and count a file of CloudEvents JSON lines
+  doc       write docs/benchmarks.md from the results of .ci/bench-suite
 
 Run "wsm-bench <command> -h" for the flags of a command.
 `
@@ -67,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = runGenlog(ctx, args[1:], stdout, stderr)
 	case "readlines":
 		err = runReadlines(ctx, args[1:], stdout, stderr)
+	case "doc":
+		err = runDoc(ctx, args[1:], stdout, stderr)
 	case "-h", "-help", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
