@@ -85,7 +85,10 @@ var figures = []figure{
 			"The baseline is `wsm-bench baseline`, gws alone with wsm's read limit and ping interval, " +
 			"sending one welcome frame. The *at peak* rows use the highest RSS of the connect storm " +
 			"(`VmHWM`) instead: wsm returns its free heap to the OS 5 s after the storm " +
-			"(`--release-memory-after`), so its settled figure is lower than its peak.",
+			"(`--release-memory-after`), so its settled figure is lower than its peak. " +
+			"The large run holds the open-files limit minus 500 connections, at most 50,000, " +
+			"because the server and the client process each need a descriptor per connection; " +
+			"50,000 needs `ulimit -n` above 50,500.",
 		Unit: "conns/GiB",
 		Rows: func(rs *results) []row {
 			settled := expand(rs, `^BenchmarkIdleConns/conns=(\d+)/server=wsm$`, func(n string) row {
