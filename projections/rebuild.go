@@ -38,25 +38,53 @@ func Rebuild(ctx context.Context, log *eventlog.Log) (*Set, RebuildStats, error)
 	return set, stats, err
 }
 
-// refs lists every key the set holds a value for, in key order.
-func (s *Set) refs() []ref {
-	var out []ref
+// keyedRef is a view ref together with its store key.
+type keyedRef struct {
+	key string
+	ref ref
+}
+
+// keyCount returns the number of keys the set holds a value for.
+func (s *Set) keyCount() int {
+	n := len(s.Connections) + len(s.Instances) + len(s.Shards) + len(s.Users)
+	if s.Index != nil {
+		n++
+	}
+	return n
+}
+
+// sortedRefs lists every key the set holds a value for, in key order. Each
+// key is built once, before the sort, because a set can hold hundreds of
+// thousands of them.
+func (s *Set) sortedRefs() []keyedRef {
+	out := make([]keyedRef, 0, s.keyCount())
+	add := func(r ref) { out = append(out, keyedRef{key: r.key(), ref: r}) }
 	for id := range s.Connections {
-		out = append(out, ref{kind: kindConnection, id: id})
+		add(ref{kind: kindConnection, id: id})
 	}
 	for id := range s.Instances {
-		out = append(out, ref{kind: kindInstance, id: id})
+		add(ref{kind: kindInstance, id: id})
 	}
 	if s.Index != nil {
-		out = append(out, ref{kind: kindIndex})
+		add(ref{kind: kindIndex})
 	}
 	for r := range s.Shards {
-		out = append(out, ref{kind: kindShard, id: r.InstanceID, shard: r.Shard})
+		add(ref{kind: kindShard, id: r.InstanceID, shard: r.Shard})
 	}
 	for id := range s.Users {
-		out = append(out, ref{kind: kindUser, id: id})
+		add(ref{kind: kindUser, id: id})
 	}
-	slices.SortFunc(out, func(a, b ref) int { return strings.Compare(a.key(), b.key()) })
+	slices.SortFunc(out, func(a, b keyedRef) int { return strings.Compare(a.key, b.key) })
+	return out
+}
+
+// refs lists every key the set holds a value for, in key order.
+func (s *Set) refs() []ref {
+	keyed := s.sortedRefs()
+	out := make([]ref, len(keyed))
+	for i, k := range keyed {
+		out[i] = k.ref
+	}
 	return out
 }
 
@@ -208,27 +236,35 @@ func (d Difference) String() string {
 }
 
 // Diff compares two sets key by key and returns the differences in key order.
+// It merges the two sets' sorted keys, so each key is compared once.
 func Diff(live, rebuilt *Set) []Difference {
-	all := map[string]ref{}
-	for _, r := range live.refs() {
-		all[r.key()] = r
-	}
-	for _, r := range rebuilt.refs() {
-		all[r.key()] = r
-	}
-	keys := slices.Sorted(func(yield func(string) bool) {
-		for k := range all {
-			if !yield(k) {
-				return
-			}
-		}
-	})
+	a, b := live.sortedRefs(), rebuilt.sortedRefs()
 	var out []Difference
-	for _, k := range keys {
-		r := all[k]
-		a, b := live.encode(r), rebuilt.encode(r)
-		if !sameValue(a, b) {
-			out = append(out, Difference{Key: k, Live: a, Rebuilt: b})
+	var prev string
+	for i, j := 0, 0; i < len(a) || j < len(b); {
+		var next keyedRef
+		switch {
+		case j == len(b) || (i < len(a) && a[i].key < b[j].key):
+			next = a[i]
+			i++
+		case i == len(a) || b[j].key < a[i].key:
+			next = b[j]
+			j++
+		default: // the key is on both sides
+			next = b[j]
+			i++
+			j++
+		}
+		// Two refs can build the same key, such as an instance id that
+		// contains "/connections/". Such a key is compared once. No key is
+		// empty, so the first one never matches prev.
+		if next.key == prev {
+			continue
+		}
+		prev = next.key
+		l, r := live.encode(next.ref), rebuilt.encode(next.ref)
+		if !sameValue(l, r) {
+			out = append(out, Difference{Key: next.key, Live: l, Rebuilt: r})
 		}
 	}
 	return out

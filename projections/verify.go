@@ -89,6 +89,6 @@ func verifyUntilStable(ctx context.Context, store state.Store, rounds int) (Veri
 
 	ApplyClaims(rebuilt, live)
 	res.Differences = Diff(live, rebuilt)
-	res.Keys = len(rebuilt.refs())
+	res.Keys = rebuilt.keyCount()
 	return res, nil
 }
