@@ -234,6 +234,13 @@ func (l *Log) Read(ctx context.Context, stream string, from uint64, limit int) (
 	return l.readRange(ctx, stream, from, h, limit)
 }
 
+// rangeScanner is a store that lists the keys between two bounds with a
+// cursor, such as the embedded store and its snapshots. It reads a range of
+// events in one pass instead of one lookup per key.
+type rangeScanner interface {
+	ScanRange(ctx context.Context, start, end string, fn func(state.Item) error) error
+}
+
 func (l *Log) readRange(ctx context.Context, stream string, from, to uint64, limit int) ([]Record, error) {
 	if from == 0 {
 		from = 1
@@ -244,6 +251,10 @@ func (l *Log) readRange(ctx context.Context, stream string, from, to uint64, lim
 	if to-from+1 > uint64(limit) {
 		to = from + uint64(limit) - 1
 	}
+	if sc, ok := l.store.(rangeScanner); ok && l.store.Capabilities().Scan {
+		return scanRange(ctx, sc, stream, from, to)
+	}
+
 	keys := make([]string, 0, to-from+1)
 	for s := from; s <= to; s++ {
 		keys = append(keys, eventKey(stream, s))
@@ -254,17 +265,63 @@ func (l *Log) readRange(ctx context.Context, stream string, from, to uint64, lim
 	}
 	out := make([]Record, 0, len(items))
 	for i, it := range items {
-		pos := Position{Stream: stream, Seq: from + uint64(i)}
-		if !it.Exists() {
-			return out, fmt.Errorf("%w: %s: missing below the stream head", ErrCorrupt, pos)
-		}
-		ev, err := DecodeRecord(it.Value)
+		rec, err := decodeItem(Position{Stream: stream, Seq: from + uint64(i)}, it)
 		if err != nil {
-			return out, fmt.Errorf("%s: %w", pos, err)
+			return out, err
 		}
-		out = append(out, Record{Stream: stream, Seq: pos.Seq, Event: ev})
+		out = append(out, rec)
 	}
 	return out, nil
+}
+
+// scanRange reads the events from..to of a stream with one cursor pass. It
+// reports the same errors as the BulkGet path of readRange.
+func scanRange(ctx context.Context, sc rangeScanner, stream string, from, to uint64) ([]Record, error) {
+	out := make([]Record, 0, to-from+1)
+	next := from
+	var decodeErr error
+	// The end bound sorts after eventKey(to) and before eventKey(to+1),
+	// because sequences are zero-padded to a fixed width.
+	err := sc.ScanRange(ctx, eventKey(stream, from), eventKey(stream, to)+"\x00", func(it state.Item) error {
+		want := eventKey(stream, next)
+		if it.Key < want {
+			return nil // not an event key
+		}
+		if it.Key > want {
+			it = state.Item{Key: want} // the event at next is missing
+		}
+		rec, err := decodeItem(Position{Stream: stream, Seq: next}, it)
+		if err != nil {
+			decodeErr = err
+			return err
+		}
+		out = append(out, rec)
+		next++
+		return nil
+	})
+	if decodeErr != nil {
+		return out, decodeErr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventlog: read %s from %d: %w", stream, from, err)
+	}
+	if next <= to {
+		return out, fmt.Errorf("%w: %s: missing below the stream head", ErrCorrupt, Position{Stream: stream, Seq: next})
+	}
+	return out, nil
+}
+
+// decodeItem decodes the stored item of the event at pos. The item's value
+// must not be modified afterwards, because the record shares it.
+func decodeItem(pos Position, it state.Item) (Record, error) {
+	if !it.Exists() {
+		return Record{}, fmt.Errorf("%w: %s: missing below the stream head", ErrCorrupt, pos)
+	}
+	ev, body, err := decodeRecord(it.Value)
+	if err != nil {
+		return Record{}, fmt.Errorf("%s: %w", pos, err)
+	}
+	return Record{Stream: pos.Stream, Seq: pos.Seq, Event: ev, JSON: body}, nil
 }
 
 // registerStream adds a stream to the index with a compare-and-swap, so that

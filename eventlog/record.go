@@ -21,6 +21,10 @@ type Record struct {
 	Stream string
 	Seq    uint64
 	Event  *event.Event
+	// JSON is Event in structured-mode JSON as stored, which equals what
+	// Event.MarshalJSON returns. It is set on records read from the store
+	// and nil on others. Callers must not modify it.
+	JSON []byte
 }
 
 // Position returns where the record is.
@@ -56,21 +60,28 @@ func encodeRecord(ev *event.Event) ([]byte, error) {
 // DecodeRecord parses a stored value back into an event, checking its
 // checksum. Every failure wraps ErrCorrupt.
 func DecodeRecord(raw []byte) (*event.Event, error) {
+	ev, _, err := decodeRecord(bytes.Clone(raw))
+	return ev, err
+}
+
+// decodeRecord is DecodeRecord on a value the caller owns and will not
+// modify. It also returns the event's JSON, which is a subslice of raw.
+func decodeRecord(raw []byte) (*event.Event, []byte, error) {
 	if len(raw) < 10 || raw[8] != ' ' {
-		return nil, fmt.Errorf("%w: %d bytes, no checksum header", ErrCorrupt, len(raw))
+		return nil, nil, fmt.Errorf("%w: %d bytes, no checksum header", ErrCorrupt, len(raw))
 	}
 	var sum [4]byte
 	if _, err := hex.Decode(sum[:], raw[:8]); err != nil {
-		return nil, fmt.Errorf("%w: checksum header: %v", ErrCorrupt, err)
+		return nil, nil, fmt.Errorf("%w: checksum header: %v", ErrCorrupt, err)
 	}
 	body := raw[9:]
 	want := uint32(sum[0])<<24 | uint32(sum[1])<<16 | uint32(sum[2])<<8 | uint32(sum[3])
 	if got := crc32.Checksum(body, castagnoli); got != want {
-		return nil, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, want)
+		return nil, nil, fmt.Errorf("%w: checksum %08x, want %08x", ErrCorrupt, got, want)
 	}
 	ev := event.New()
-	if err := ev.UnmarshalJSON(bytes.Clone(body)); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
+	if err := ev.UnmarshalJSON(body); err != nil {
+		return nil, nil, fmt.Errorf("%w: %v", ErrCorrupt, err)
 	}
-	return &ev, nil
+	return &ev, body, nil
 }

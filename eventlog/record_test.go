@@ -99,6 +99,40 @@ func TestRecordRoundTrip(t *testing.T) {
 	}
 }
 
+// TestRecordJSONMatchesMarshal checks that the JSON a decoded record keeps
+// is byte for byte what MarshalJSON returns for its event, so wsm replay may
+// print the stored JSON in place of encoding the event again.
+func TestRecordJSONMatchesMarshal(t *testing.T) {
+	events := sampleEvents(t)
+	// A time in another zone, and characters that HTML-safe JSON encoders
+	// escape.
+	zone := time.FixedZone("UTC+5:30", 5*3600+1800)
+	env := schemas.Envelope{InstanceID: "pod-<a>", Time: time.Date(2025, 3, 1, 17, 30, 0, 1000, zone)}
+	odd, err := schemas.NewConnected(env, schemas.Connected{ConnectionID: "c&2", InstanceID: "pod-<a>", Incarnation: "inc-1",
+		UserID: "u\u2028", UserAgent: "<script>&\x00\t", ConnectedAt: env.Time})
+	if err != nil {
+		t.Fatalf("build event: %v", err)
+	}
+	odd.SetExtension(schemas.SequenceExtension, schemas.FormatSequence(7))
+	events = append(events, odd)
+
+	for i, ev := range events {
+		t.Run(fmt.Sprint(i, "-", ev.Type()), func(t *testing.T) {
+			got, body, err := decodeRecord(mustEncode(t, ev))
+			if err != nil {
+				t.Fatalf("decodeRecord: %v", err)
+			}
+			again, err := got.MarshalJSON()
+			if err != nil {
+				t.Fatalf("MarshalJSON: %v", err)
+			}
+			if !bytes.Equal(body, again) {
+				t.Errorf("stored JSON\n  %s\nMarshalJSON of the decoded event\n  %s", body, again)
+			}
+		})
+	}
+}
+
 func TestDecodeRecordRejects(t *testing.T) {
 	valid := mustEncode(t, sampleEvents(t)[0])
 	flip := func(i int) []byte {

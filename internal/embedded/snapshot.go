@@ -77,6 +77,26 @@ func (s *snapshot) Scan(ctx context.Context, prefix string, fn func(state.Item) 
 	return nil
 }
 
+// ScanRange calls fn for every key from start up to but not including end,
+// in byte order. The value passed to fn is a copy that fn may keep.
+func (s *snapshot) ScanRange(ctx context.Context, start, end string, fn func(state.Item) error) error {
+	b := s.bucket()
+	if b == nil {
+		return nil
+	}
+	c := b.Cursor()
+	stop := []byte(end)
+	for k, v := c.Seek([]byte(start)); k != nil && bytes.Compare(k, stop) < 0; k, v = c.Next() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := fn(decode(string(k), v)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (s *snapshot) Capabilities() state.Capabilities {
 	return state.Capabilities{Atomic: true, Scan: true}
 }

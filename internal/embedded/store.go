@@ -199,5 +199,14 @@ func (s *Store) Scan(ctx context.Context, prefix string, fn func(state.Item) err
 	})
 }
 
+// ScanRange calls fn for every key from start up to but not including end,
+// in byte order, inside one read transaction. The same restriction on fn
+// applies as for Scan.
+func (s *Store) ScanRange(ctx context.Context, start, end string, fn func(state.Item) error) error {
+	return s.Snapshot(ctx, func(snap state.Store) error {
+		return snap.(*snapshot).ScanRange(ctx, start, end, fn)
+	})
+}
+
 // Close closes the file.
 func (s *Store) Close() error { return s.db.Close() }

@@ -290,6 +290,40 @@ func TestScanByPrefix(t *testing.T) {
 	}
 }
 
+func TestScanRange(t *testing.T) {
+	s := openStore(t, t.TempDir(), Options{})
+	for _, k := range []string{"e/001", "e/002", "e/003", "e/004", "f/001", "d/009"} {
+		mustTransact(t, s, upsert(k, "v-"+k))
+	}
+
+	var got []string
+	err := s.ScanRange(t.Context(), "e/002", "e/004", func(it state.Item) error {
+		if string(it.Value) != "v-"+it.Key || it.ETag == "" {
+			t.Errorf("ScanRange item %s = %q etag %q", it.Key, it.Value, it.ETag)
+		}
+		got = append(got, it.Key)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("ScanRange: %v", err)
+	}
+	if want := []string{"e/002", "e/003"}; !slices.Equal(got, want) {
+		t.Errorf("ScanRange(e/002, e/004) = %v, want %v: start included, end excluded", got, want)
+	}
+
+	var none []string
+	if err := s.ScanRange(t.Context(), "e/005", "e/999", func(it state.Item) error { none = append(none, it.Key); return nil }); err != nil || none != nil {
+		t.Errorf("ScanRange past the last key = %v, %v, want nothing", none, err)
+	}
+
+	stop := errors.New("stop")
+	var calls int
+	err = s.ScanRange(t.Context(), "", "z", func(state.Item) error { calls++; return stop })
+	if !errors.Is(err, stop) || calls != 1 {
+		t.Errorf("ScanRange with a failing fn = %v after %d calls, want stop after 1", err, calls)
+	}
+}
+
 func TestCanceledContext(t *testing.T) {
 	s := openStore(t, t.TempDir(), Options{})
 	ctx, cancel := context.WithCancel(t.Context())
