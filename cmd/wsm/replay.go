@@ -141,9 +141,14 @@ func writeRecords(ctx context.Context, log *eventlog.Log, f replayFilter, follow
 		if !f.match(rec) {
 			return nil
 		}
-		raw, err := rec.Event.MarshalJSON()
-		if err != nil {
-			return err
+		// A record read from the store carries the event's JSON as stored,
+		// which is what MarshalJSON would return, so it is written as is.
+		raw := rec.JSON
+		if raw == nil {
+			var err error
+			if raw, err = rec.Event.MarshalJSON(); err != nil {
+				return err
+			}
 		}
 		bw.Write(raw)
 		return bw.WriteByte('\n')
