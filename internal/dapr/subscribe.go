@@ -93,7 +93,8 @@ type Subscriptions struct {
 type subscription struct {
 	topic string
 	h     pubsub.Handler
-	done  bool // its context ended
+	ctx   context.Context
+	done  bool // its context ended, set by a context.AfterFunc
 }
 
 // NewSubscriptions returns Subscriptions without topics.
@@ -125,7 +126,7 @@ func (s *Subscriptions) Subscribe(ctx context.Context, topic string, h pubsub.Ha
 	if old, ok := s.topics[topic]; ok && !old.done {
 		return fmt.Errorf("subscribe to %s: %w", topic, ErrTopicSubscribed)
 	}
-	sub := &subscription{topic: topic, h: h}
+	sub := &subscription{topic: topic, h: h, ctx: ctx}
 	s.topics[topic] = sub
 	context.AfterFunc(ctx, func() {
 		s.mu.Lock()
@@ -206,8 +207,10 @@ func (s *Subscriptions) deliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// The AfterFunc that sets done runs in a goroutine of its own, so a
+	// message can arrive after the context ended but before done is set.
 	s.mu.Lock()
-	done := sub.done
+	done := sub.done || sub.ctx.Err() != nil
 	s.mu.Unlock()
 	if done {
 		writeStatus(w, http.StatusOK, map[string]string{"status": statusRetry})
