@@ -26,6 +26,9 @@ type deliverReport struct {
 	// Stalled is set when the senders stopped early because a client
 	// received nothing for the drain timeout while it was behind.
 	Stalled bool `json:"stalled"`
+	// Rejected is set when the senders stopped at the first 401 or 403:
+	// the API token is missing or wrong.
+	Rejected bool `json:"rejected"`
 
 	Opened     int64 `json:"opened"`
 	OpenFailed int64 `json:"openFailed"`
@@ -100,6 +103,7 @@ func (r *deliverReport) addSend(run *deliverRun, sendStart, sendEnd time.Duratio
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	r.Stalled = st.stalled.Load()
+	r.Rejected = st.rejected.Load()
 	r.Requests = st.attempted.Load()
 	r.Succeeded = st.succeeded.Load()
 	r.CutOff = st.cutOff.Load()
@@ -163,6 +167,9 @@ func (r *deliverReport) failure() error {
 	if r.Stalled {
 		problems = append(problems, errors.New("the senders stopped early because a client stopped receiving"))
 	}
+	if r.Rejected {
+		problems = append(problems, errors.New("the API rejected the token (401 or 403), so sending stopped: pass --api-token or set WSM_API_TOKEN to the server's token"))
+	}
 	if len(problems) == 0 && r.Succeeded == 0 && !r.Interrupted {
 		problems = append(problems, errors.New("no request succeeded"))
 	}
@@ -195,6 +202,9 @@ func (r *deliverReport) write(w io.Writer, asJSON bool) error {
 	}
 	if r.Stalled {
 		fmt.Fprintf(tw, "stalled\tyes\n")
+	}
+	if r.Rejected {
+		fmt.Fprintf(tw, "token rejected\tyes\n")
 	}
 	fmt.Fprintf(tw, "sending\t%.2fs\n", r.SendSeconds)
 	fmt.Fprintf(tw, "first request to last frame\t%.2fs\n", r.ElapsedSec)

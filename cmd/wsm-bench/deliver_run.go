@@ -24,6 +24,13 @@ type apiStatusError struct {
 
 func (e *apiStatusError) Error() string { return fmt.Sprintf("http %d: %s", e.code, e.body) }
 
+// rejectedCredentials reports whether the API rejected the request's
+// token: 401 for a missing one, 403 for a wrong one.
+func rejectedCredentials(err error) bool {
+	var status *apiStatusError
+	return errors.As(err, &status) && (status.code == http.StatusUnauthorized || status.code == http.StatusForbidden)
+}
+
 // requestCause names the failure of an API request for the report.
 func requestCause(err error) string {
 	var status *apiStatusError
@@ -40,6 +47,7 @@ type sendStats struct {
 	succeeded atomic.Int64
 	cutOff    atomic.Int64
 	stalled   atomic.Bool
+	rejected  atomic.Bool // the API rejected the token, so sending stopped
 
 	mu          sync.Mutex
 	latencies   []time.Duration
@@ -213,6 +221,11 @@ func (run *deliverRun) sendAll(ctx context.Context, progressOut io.Writer) {
 				default:
 					run.gate.failed.Add(1)
 					run.send.addFailure(err)
+					if rejectedCredentials(err) {
+						// Every further request would be rejected the same way.
+						run.send.rejected.Store(true)
+						cancel()
+					}
 				}
 				run.send.attempted.Add(1)
 			}

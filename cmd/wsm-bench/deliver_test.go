@@ -131,10 +131,14 @@ func TestSmokeDeliverAgainstWSM(t *testing.T) {
 		})
 	}
 
-	// A wrong token fails every request, and the run says so.
-	r := deliverJSON(t, t.Context(), 1, "--url", url, "--count", "5", "--anonymous", "--api-token", "wrong-"+smokeAPIToken)
-	if r.Failed != 5 || r.Failures["http 403"] != 5 || r.Succeeded != 0 {
-		t.Errorf("with a wrong API token: got %d failed (%v) and %d succeeded, want 5 with http 403 and 0", r.Failed, r.Failures, r.Succeeded)
+	// A wrong token stops the run at the first rejection, and the run says so.
+	r := deliverJSON(t, t.Context(), 1, "--url", url, "--duration", "1m", "--anonymous", "--api-token", "wrong-"+smokeAPIToken)
+	if !r.Rejected {
+		t.Error("with a wrong API token: rejected is false, want true")
+	}
+	if r.Failed < 1 || r.Failed > 4 || r.Failures["http 403"] != int(r.Failed) || r.Succeeded != 0 {
+		t.Errorf("with a wrong API token: got %d failed (%v) and %d succeeded, want 1 to 4 (the senders in flight), all http 403, and 0",
+			r.Failed, r.Failures, r.Succeeded)
 	}
 }
 
@@ -203,6 +207,23 @@ func TestDeliverCountsFailedRequests(t *testing.T) {
 	}
 	if r.FramesExpected != 0 || r.FramesLost != 0 {
 		t.Errorf("frames: got %d expected and %d lost, want none for failed requests", r.FramesExpected, r.FramesLost)
+	}
+}
+
+func TestDeliverStopsOnMissingToken(t *testing.T) {
+	t.Parallel()
+	srv := startTestBaseline(t)
+	start := time.Now()
+	r := deliverJSON(t, t.Context(), 1, "--url", srv.url(), "--api", fakeAPI(t, http.StatusUnauthorized), "--duration", "1m",
+		"--anonymous")
+	if !r.Rejected {
+		t.Error("rejected: got false, want true")
+	}
+	if r.Requests > 4 {
+		t.Errorf("requests: got %d, want at most the 4 senders in flight at the first 401", r.Requests)
+	}
+	if elapsed := time.Since(start); elapsed > 20*time.Second {
+		t.Errorf("run took %v, want it to stop at the first 401, not after --duration", elapsed)
 	}
 }
 
