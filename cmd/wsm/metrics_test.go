@@ -386,6 +386,9 @@ func TestMeterStoreKeepsScanAndSnapshot(t *testing.T) {
 	if _, ok := store.(state.Snapshotter); !ok {
 		t.Error("metered embedded store: not a state.Snapshotter, want the inner store's Snapshot kept")
 	}
+	if _, ok := store.(rangeScanner); !ok {
+		t.Error("metered embedded store: has no ScanRange, want the inner store's range scan kept for log reads")
+	}
 	if got, want := store.Capabilities(), inner.Capabilities(); got != want {
 		t.Errorf("Capabilities: got %+v, want the inner store's %+v", got, want)
 	}
