@@ -343,17 +343,24 @@ func TestHeartbeatAfterObservationRefutes(t *testing.T) {
 // failingAppender passes the first allowed appends through and fails the
 // rest, like a reclaimer that dies part way.
 type failingAppender struct {
-	next    Appender
+	next Appender
+
+	mu      sync.Mutex // the reclaimer appends several batches at once
 	allowed int
+	calls   int
 }
 
 var errDied = errors.New("reclaimer process died")
 
 func (a *failingAppender) Append(ctx context.Context, events ...*event.Event) ([]eventlog.Position, error) {
+	a.mu.Lock()
+	a.calls++
 	if a.allowed == 0 {
+		a.mu.Unlock()
 		return nil, errDied
 	}
 	a.allowed--
+	a.mu.Unlock()
 	return a.next.Append(ctx, events...)
 }
 
@@ -451,12 +458,14 @@ func TestTakeOverPartialReclaim(t *testing.T) {
 	d.connect(t, conns...)
 	a.pass(t)
 
-	// pod-x claims pod-d, appends one batch of 4 reclaimed events and dies.
-	// The fold of that batch drops pod-d from the index.
+	// pod-x claims pod-d, appends one batch of 5 reclaimed events and dies.
+	// The fold of that batch drops pod-d from the index. With two batches
+	// of the same size in flight, either may be the one that lands.
 	x.reclaimer.Log = &failingAppender{next: x.writer, allowed: 1}
+	x.reclaimer.BatchSize = 5
 	n, err := x.reclaimer.ReclaimIncarnation(testCtx(t), "pod-d", d.id.Incarnation)
-	if !errors.Is(err, errDied) || n != 4 {
-		t.Fatalf("partial reclaim by pod-x: got (%d, %v), want (4, %v)", n, err, errDied)
+	if !errors.Is(err, errDied) || n != 5 {
+		t.Fatalf("partial reclaim by pod-x: got (%d, %v), want (5, %v)", n, err, errDied)
 	}
 	if f.indexed(t, "pod-d") {
 		t.Fatalf("pod-d is still indexed after pod-x's first batch")
@@ -469,8 +478,8 @@ func TestTakeOverPartialReclaim(t *testing.T) {
 	}
 	stats := f.tick(t, testTTL, []*node{a}, []*node{a})
 
-	if stats.Claimed != 1 || stats.Connections != 6 {
-		t.Fatalf("got %+v, want 1 claim taken over and the 6 connections left", stats)
+	if stats.Claimed != 1 || stats.Connections != 5 {
+		t.Fatalf("got %+v, want 1 claim taken over and the 5 connections left", stats)
 	}
 	checkReclaimedOnce(t, f, conns)
 	if got := len(f.held(t, "pod-d")); got != 0 {
@@ -480,6 +489,31 @@ func TestTakeOverPartialReclaim(t *testing.T) {
 		t.Errorf("membership tracks %d peers after the takeover, want 0", got)
 	}
 	f.verify(t)
+}
+
+func TestReclaimStopsAfterFailedBatch(t *testing.T) {
+	f := newFleet(t)
+	d, x := f.node(t, "pod-d"), f.node(t, "pod-x")
+	d.heartbeat(t, schemas.StateServing)
+	d.connect(t, connIDs("d", 40)...)
+
+	// 10 batches of 4; the third append fails. The batches already in
+	// flight may still try, but no batch starts after the failure is seen.
+	failing := &failingAppender{next: x.writer, allowed: 2}
+	x.reclaimer.Log = failing
+	n, err := x.reclaimer.ReclaimIncarnation(testCtx(t), "pod-d", d.id.Incarnation)
+	if !errors.Is(err, errDied) {
+		t.Fatalf("reclaim error: got %v, want %v", err, errDied)
+	}
+	if n != 8 {
+		t.Errorf("reclaimed: got %d, want the 8 of the two appends that succeeded", n)
+	}
+	if limit := 2 + reclaimPipeline; failing.calls > limit {
+		t.Errorf("appends tried: got %d, want at most %d (two successes, then the batches in flight)", failing.calls, limit)
+	}
+	if got := len(f.held(t, "pod-d")); got != 32 {
+		t.Errorf("pod-d shards hold %d connections, want the 32 not reclaimed", got)
+	}
 }
 
 func TestLiveClaimerIsNotTakenOver(t *testing.T) {
