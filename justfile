@@ -33,7 +33,7 @@ fuzz FUZZTIME="30s":
 # (.ci/bench-suite): micro-benchmarks, log appends, connect cycles on both
 # backends, idle memory, churn, API delivery, reclaim after SIGKILL, and
 # replay and rebuild over a million events. Each step has a time bound and
-# all of them add up to 110 minutes; it takes about 40 on 2 cores. The
+# all of them add up to 110 minutes; it took 20 on 2 cores. The
 # first run also builds daprd (about 10 minutes).
 bench:
     .ci/bench-suite

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // figure is one comparison of docs/benchmarks.md: a wsm measurement
@@ -284,7 +285,7 @@ var figures = []figure{
 			for _, tool := range []string{"replay", "rebuild-verify", "rebuild"} {
 				out = append(out, expand(rs, `^BenchmarkLogScan/events=(\d+)/tool=`+tool+`$`, func(n string) row {
 					return row{
-						Label:        fmt.Sprintf("wsm %s, %s events", tool, thousands(n)),
+						Label:        fmt.Sprintf("wsm %s, %s events", strings.Replace(tool, "-", " --", 1), thousands(n)),
 						Measured:     "BenchmarkLogScan/events=" + n + "/tool=" + tool,
 						Baseline:     "BenchmarkLogScan/events=" + n + "/tool=plain-file",
 						BaselineName: "JSON lines file",
