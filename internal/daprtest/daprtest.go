@@ -20,6 +20,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
@@ -115,7 +116,7 @@ type Daprd struct {
 func Sidecar(t testing.TB, opts Options) *Daprd {
 	t.Helper()
 	d := Prepare(t, opts)
-	d.Start(t)
+	d.start(t, true)
 	return d
 }
 
@@ -177,15 +178,31 @@ func (d *Daprd) Output() string { return d.output.String() }
 
 func (d *Daprd) pickPorts(t testing.TB) {
 	t.Helper()
-	// Hold all four listeners at once so the ports differ.
+	d.repickPorts(t, true)
+}
+
+// repickPorts picks new free internal gRPC and metrics ports, and new API
+// ports too when api is set.
+func (d *Daprd) repickPorts(t testing.TB, api bool) {
+	t.Helper()
+	first := 2
+	if api {
+		first = 0
+	}
+	// Hold the new listeners at once so the new ports differ from each
+	// other, and skip any port that equals a kept API port.
 	var ls []net.Listener
-	for i := range d.ports {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("pick a free port: %v", err)
+	for i := first; i < len(d.ports); i++ {
+		var port int
+		for port == 0 || slices.Contains(d.ports[:first], port) {
+			l, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatalf("pick a free port: %v", err)
+			}
+			ls = append(ls, l)
+			port = l.Addr().(*net.TCPAddr).Port
 		}
-		ls = append(ls, l)
-		d.ports[i] = l.Addr().(*net.TCPAddr).Port
+		d.ports[i] = port
 	}
 	for _, l := range ls {
 		l.Close()
@@ -233,13 +250,50 @@ func componentYAML(c Component) string {
 // Start starts the sidecar and waits until its health endpoint returns 204.
 // It fails the test, with daprd's output, when daprd exits or does not get
 // healthy in time. The sidecar is killed when the test ends.
+//
+// The ports are picked free but closed again before daprd binds them, so
+// another process can take one in between. When daprd exits because a
+// port is in use, Start picks new internal gRPC and metrics ports, which
+// no client connects to, and tries again, at most startAttempts times in all.
+// Sidecar also picks new API ports, since nothing has used them yet.
 func (d *Daprd) Start(t testing.TB) {
+	t.Helper()
+	d.start(t, false)
+}
+
+// startAttempts bounds the starts of one sidecar that lose a port.
+const startAttempts = 3
+
+func (d *Daprd) start(t testing.TB, newAPIPorts bool) {
 	t.Helper()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.cmd != nil {
 		t.Fatalf("daprd %s started twice", d.Prefix)
 	}
+	t.Cleanup(func() { d.Kill(t) })
+	for attempt := 1; ; attempt++ {
+		outputBefore := d.output.Len()
+		exited := d.launch(t)
+		err := d.waitHealthy(exited)
+		if err == nil {
+			return
+		}
+		lostPort := strings.Contains(d.output.String()[outputBefore:], "address already in use")
+		if !errors.Is(err, errExited) || !lostPort || attempt == startAttempts {
+			t.Fatalf("%v:\n%s", err, d.output.tail(8<<10))
+		}
+		t.Logf("daprd %s lost a port to another process (attempt %d of %d); starting it on new ports", d.Prefix, attempt, startAttempts)
+		d.repickPorts(t, newAPIPorts)
+	}
+}
+
+var errExited = errors.New("daprd exited before it was healthy")
+
+// launch starts daprd on d's ports and returns a channel closed when it
+// exits.
+func (d *Daprd) launch(t testing.TB) chan struct{} {
+	t.Helper()
 	args := []string{
 		"--app-id", d.opts.AppID,
 		"--resources-path", d.resources,
@@ -265,25 +319,29 @@ func (d *Daprd) Start(t testing.TB) {
 		close(exited)
 	}()
 	d.cmd, d.exited = cmd, exited
-	t.Cleanup(func() { d.Kill(t) })
+	return exited
+}
 
+// waitHealthy polls the health endpoint until it returns 204, daprd exits
+// (errExited) or startTimeout passes.
+func (d *Daprd) waitHealthy(exited chan struct{}) error {
 	url := fmt.Sprintf("http://127.0.0.1:%d/v1.0/healthz", d.HTTPPort)
 	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(startTimeout)
 	for {
 		select {
 		case <-exited:
-			t.Fatalf("daprd exited before it was healthy:\n%s", d.output.tail(8<<10))
+			return errExited
 		default:
 		}
 		if resp, err := client.Get(url); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusNoContent {
-				return
+				return nil
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("daprd not healthy at %s after %v:\n%s", url, startTimeout, d.output.tail(8<<10))
+			return fmt.Errorf("daprd not healthy at %s after %v", url, startTimeout)
 		}
 		time.Sleep(pollInterval)
 	}
@@ -393,6 +451,12 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+func (b *syncBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
 }
 
 func (b *syncBuffer) tail(n int) string {

@@ -1,6 +1,7 @@
 package daprtest
 
 import (
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -68,5 +69,29 @@ spec:
 `
 	if got != want {
 		t.Errorf("componentYAML =\n%s\nwant\n%s", got, want)
+	}
+}
+
+// TestStartRetriesLostPort takes the sidecar's internal gRPC port before
+// Start, as a process that binds a just-picked port would, and checks
+// that Start moves to new ports and the sidecar gets healthy.
+func TestStartRetriesLostPort(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Dapr sidecar")
+	}
+	d := Prepare(t, Options{})
+	taken := d.ports[2]
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(taken))
+	if err != nil {
+		t.Skipf("the picked port %d was taken before the test could take it: %v", taken, err)
+	}
+	defer l.Close()
+
+	d.Start(t)
+	if d.ports[2] == taken {
+		t.Errorf("internal gRPC port: still %d, want a new one after losing it", taken)
+	}
+	if !strings.Contains(d.Output(), "address already in use") {
+		t.Errorf("daprd output does not show the lost port; the test took nothing from it:\n%s", d.output.tail(2<<10))
 	}
 }
