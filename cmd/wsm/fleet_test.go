@@ -409,25 +409,35 @@ func TestFleetFencesPausedInstance(t *testing.T) {
 	waitFor(t, 20*time.Second, "the new connection to be listed", func() bool {
 		return openConnectionIDs(t, peer, "?instance=pod-paused")[c.id]
 	})
+	// A connection of the new incarnation exists only once the instance is
+	// indexed again, so peers watch it; its serving heartbeat follows.
+	if state, ok := indexedState(t, peer, "pod-paused"); !ok {
+		t.Errorf("pod-paused holds a connection of its new incarnation but is not in the instance index")
+	} else if state != schemas.StateStarting && state != schemas.StateServing {
+		t.Errorf("pod-paused state = %q, want %q or %q", state, schemas.StateStarting, schemas.StateServing)
+	}
+	waitFor(t, 20*time.Second, "pod-paused to be indexed as serving", func() bool {
+		state, ok := indexedState(t, peer, "pod-paused")
+		return ok && state == schemas.StateServing
+	})
+	verifyDapr(t, sidecars[1])
+}
+
+// indexedState returns the state of an instance in svc's instance list,
+// and whether it is listed at all.
+func indexedState(t *testing.T, svc *service, instanceID string) (string, bool) {
+	t.Helper()
 	var inst struct {
 		Instances []struct {
-			InstanceID  string `json:"instanceId"`
-			Incarnation string `json:"incarnation"`
-			State       string `json:"state"`
+			InstanceID string `json:"instanceId"`
+			State      string `json:"state"`
 		} `json:"instances"`
 	}
-	getJSON(t, peer.base+"/v1/instances", &inst)
-	found := false
+	getJSON(t, svc.base+"/v1/instances", &inst)
 	for _, i := range inst.Instances {
-		if i.InstanceID == "pod-paused" {
-			found = true
-			if i.State != schemas.StateServing {
-				t.Errorf("pod-paused state = %q, want %q", i.State, schemas.StateServing)
-			}
+		if i.InstanceID == instanceID {
+			return i.State, true
 		}
 	}
-	if !found {
-		t.Errorf("pod-paused is not in the instance index after rejoining: %+v", inst.Instances)
-	}
-	verifyDapr(t, sidecars[1])
+	return "", false
 }

@@ -392,8 +392,8 @@ func (in *instance) readiness(ctx context.Context) readiness {
 }
 
 // fence runs when a heartbeat finds this incarnation claimed by a peer: it
-// opens a stream for a new incarnation, closes every socket of the old one
-// with 1012 so clients reconnect, and heartbeats as the new incarnation.
+// opens a stream for a new incarnation, heartbeats as the new incarnation,
+// then closes every socket of the old one with 1012 so clients reconnect.
 func (in *instance) fence(loops context.Context, by string) {
 	if !in.fencing.TryLock() {
 		return // draining, or another fence is running
@@ -419,17 +419,24 @@ func (in *instance) fence(loops context.Context, by string) {
 	stopOld := in.stopFollow
 	in.mu.Unlock()
 
-	if err := in.sock.Fence(ctx, next.Incarnation); err != nil {
-		logger.Error().Err(err).Msg("closing the fenced connections did not finish")
-	}
+	// The new incarnation's record must exist, and put the instance back in
+	// the instance index, before the socket server accepts a connection
+	// under it. Otherwise a crash in between would leave connections that
+	// no peer looks for, because only indexed instances are watched.
 	if err := in.beat.Rejoin(next, w); err != nil {
 		logger.Error().Err(err).Msg("heartbeat rejoin failed")
 	}
 	if err := in.reclaimer.Rejoin(next, w); err != nil {
 		logger.Error().Err(err).Msg("reclaimer rejoin failed")
 	}
-	if err := in.beat.Beat(ctx, schemas.StateServing); err != nil {
+	if err := in.beat.Beat(ctx, schemas.StateStarting); err != nil {
 		logger.Error().Err(err).Msg("first heartbeat of the new incarnation failed")
+	}
+	if err := in.sock.Fence(ctx, next.Incarnation); err != nil {
+		logger.Error().Err(err).Msg("closing the fenced connections did not finish")
+	}
+	if err := in.beat.Beat(ctx, schemas.StateServing); err != nil {
+		logger.Error().Err(err).Msg("serving heartbeat of the new incarnation failed")
 	}
 
 	if err := oldWriter.Close(ctx); err != nil {
