@@ -234,13 +234,6 @@ func (l *Log) Read(ctx context.Context, stream string, from uint64, limit int) (
 	return l.readRange(ctx, stream, from, h, limit)
 }
 
-// rangeScanner is a store that lists the keys between two bounds with a
-// cursor, such as the embedded store and its snapshots. It reads a range of
-// events in one pass instead of one lookup per key.
-type rangeScanner interface {
-	ScanRange(ctx context.Context, start, end string, fn func(state.Item) error) error
-}
-
 func (l *Log) readRange(ctx context.Context, stream string, from, to uint64, limit int) ([]Record, error) {
 	if from == 0 {
 		from = 1
@@ -251,7 +244,7 @@ func (l *Log) readRange(ctx context.Context, stream string, from, to uint64, lim
 	if to-from+1 > uint64(limit) {
 		to = from + uint64(limit) - 1
 	}
-	if sc, ok := l.store.(rangeScanner); ok && l.store.Capabilities().Scan {
+	if sc, ok := l.store.(state.RangeScanner); ok && l.store.Capabilities().Scan {
 		return scanRange(ctx, sc, stream, from, to)
 	}
 
@@ -276,7 +269,7 @@ func (l *Log) readRange(ctx context.Context, stream string, from, to uint64, lim
 
 // scanRange reads the events from..to of a stream with one cursor pass. It
 // reports the same errors as the BulkGet path of readRange.
-func scanRange(ctx context.Context, sc rangeScanner, stream string, from, to uint64) ([]Record, error) {
+func scanRange(ctx context.Context, sc state.RangeScanner, stream string, from, to uint64) ([]Record, error) {
 	out := make([]Record, 0, to-from+1)
 	next := from
 	var decodeErr error

@@ -125,7 +125,7 @@ func (m *serveMetrics) meterStore(backend string, store state.Store) state.Store
 	snapshotter, canSnapshot := store.(state.Snapshotter)
 	if canScan && canSnapshot {
 		scan := meteredScanStore{meteredStore: base, scanner: scanner, snapshotter: snapshotter}
-		if ranger, ok := store.(rangeScanner); ok {
+		if ranger, ok := store.(state.RangeScanner); ok {
 			return meteredRangeStore{meteredScanStore: scan, ranger: ranger}
 		}
 		return scan
@@ -182,19 +182,12 @@ func (s meteredScanStore) Snapshot(ctx context.Context, fn func(state.Store) err
 	return s.snapshotter.Snapshot(ctx, fn)
 }
 
-// rangeScanner is the cursor scan between two keys that the embedded
-// store offers and the event log uses, when the store has it, to read a
-// range of events in one pass.
-type rangeScanner interface {
-	ScanRange(ctx context.Context, start, end string, fn func(state.Item) error) error
-}
-
 // meteredRangeStore is a meteredScanStore that keeps the range scan of the
 // store it wraps, so the log reads through the metrics wrapper as fast as
 // without it.
 type meteredRangeStore struct {
 	meteredScanStore
-	ranger rangeScanner
+	ranger state.RangeScanner
 }
 
 func (s meteredRangeStore) ScanRange(ctx context.Context, start, end string, fn func(state.Item) error) error {

@@ -386,7 +386,7 @@ func TestMeterStoreKeepsScanAndSnapshot(t *testing.T) {
 	if _, ok := store.(state.Snapshotter); !ok {
 		t.Error("metered embedded store: not a state.Snapshotter, want the inner store's Snapshot kept")
 	}
-	if _, ok := store.(rangeScanner); !ok {
+	if _, ok := store.(state.RangeScanner); !ok {
 		t.Error("metered embedded store: has no ScanRange, want the inner store's range scan kept for log reads")
 	}
 	if got, want := store.Capabilities(), inner.Capabilities(); got != want {

@@ -40,8 +40,9 @@ type Store struct {
 }
 
 var (
-	_ state.Store   = (*Store)(nil)
-	_ state.Scanner = (*Store)(nil)
+	_ state.Store        = (*Store)(nil)
+	_ state.Scanner      = (*Store)(nil)
+	_ state.RangeScanner = (*Store)(nil)
 )
 
 // Options configure Open.

@@ -76,6 +76,13 @@ type Scanner interface {
 	Scan(ctx context.Context, prefix string, fn func(Item) error) error
 }
 
+// RangeScanner lists the keys from start up to but not including end, in
+// byte order, with a cursor. The event log reads a range of events with it
+// in one pass instead of one lookup per key, when the store has it.
+type RangeScanner interface {
+	ScanRange(ctx context.Context, start, end string, fn func(Item) error) error
+}
+
 var (
 	// ErrETagMismatch reports a conditional write whose ETag did not match
 	// the stored one, or a MustNotExist write on a key that exists.
