@@ -121,19 +121,28 @@ func (d *dialer) connect(ctx context.Context) (*client, time.Duration, error) {
 	c.conn = conn
 	go conn.ReadLoop()
 
-	timer := time.NewTimer(d.cfg.welcomeTimeout)
+	if err := c.awaitWelcome(ctx, d.cfg.welcomeTimeout); err != nil {
+		return nil, 0, err
+	}
+	return c, time.Since(start), nil
+}
+
+// awaitWelcome waits for the first message of a client that has just
+// connected. On a timeout or the end of ctx it aborts the connection.
+func (c *client) awaitWelcome(ctx context.Context, timeout time.Duration) error {
+	timer := time.NewTimer(timeout)
 	defer timer.Stop()
 	select {
 	case <-c.welcome:
-		return c, time.Since(start), nil
+		return nil
 	case <-c.closed:
-		return nil, 0, errClosedEarly
+		return errClosedEarly
 	case <-timer.C:
 		c.abort()
-		return nil, 0, errNoWelcome
+		return errNoWelcome
 	case <-ctx.Done():
 		c.abort()
-		return nil, 0, ctx.Err()
+		return ctx.Err()
 	}
 }
 

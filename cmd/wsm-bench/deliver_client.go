@@ -118,20 +118,10 @@ func openDeliverClient(ctx context.Context, cfg *deliverConfig, i uint64, g *gat
 	c.conn = conn
 	go conn.ReadLoop()
 
-	timer := time.NewTimer(cc.welcomeTimeout)
-	defer timer.Stop()
-	select {
-	case <-c.welcome:
-		return c, time.Since(start), nil
-	case <-c.closed:
-		return nil, 0, errClosedEarly
-	case <-timer.C:
-		c.abort()
-		return nil, 0, errNoWelcome
-	case <-ctx.Done():
-		c.abort()
-		return nil, 0, ctx.Err()
+	if err := c.awaitWelcome(ctx, cc.welcomeTimeout); err != nil {
+		return nil, 0, err
 	}
+	return c, time.Since(start), nil
 }
 
 // gate holds senders back while any client is window or more messages
