@@ -163,7 +163,7 @@ func defaultMaxBatch() int {
 // encodes it with encodeRecord, one record per line, writes the batch with
 // one write call to a file opened with O_APPEND, calls f.Sync and releases
 // the batch's appenders. On Linux f.Sync is fsync(2), while bbolt calls
-// fdatasync(2). The fdatasync(2) man page says that it skips metadata such
+// fdatasync(2). According to the fdatasync(2) man page, it skips metadata such
 // as the modification time but not the file size, so after a write that
 // grows the file both flush the size.
 type fileAppender struct {

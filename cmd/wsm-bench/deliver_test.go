@@ -131,7 +131,7 @@ func TestSmokeDeliverAgainstWSM(t *testing.T) {
 		})
 	}
 
-	// A wrong token stops the run at the first rejection, and the run says so.
+	// A wrong token stops the run at the first rejection, and the report shows it.
 	r := deliverJSON(t, t.Context(), 1, "--url", url, "--duration", "1m", "--anonymous", "--api-token", "wrong-"+smokeAPIToken)
 	if !r.Rejected {
 		t.Error("with a wrong API token: rejected is false, want true")
@@ -153,7 +153,7 @@ func TestDeliverStopsAtCount(t *testing.T) {
 	checkDelivered(t, r, 3)
 }
 
-// fakeAPI answers every send with status and never writes a frame, so a
+// fakeAPI responds to every send with status and never writes a frame, so a
 // run against it loses every message it sends.
 func fakeAPI(t *testing.T, status int) string {
 	t.Helper()

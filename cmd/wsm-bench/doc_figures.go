@@ -163,10 +163,10 @@ var figures = []figure{
 	{
 		Title: "Messages per second from the backend API to clients",
 		Steps: []string{"deliver"},
-		About: "`.ci/bench-deliver` holds clients on a fresh server and has `wsm-bench deliver` POST " +
-			"messages to the API as fast as a bounded number of senders can, counting the frames the " +
-			"clients receive: to one connection, to one user with several connections, and to every " +
-			"connection of the instance. The baseline is `wsm-bench baseline` serving the same three " +
+		About: "`.ci/bench-deliver` holds clients on a fresh server. `wsm-bench deliver` POSTs " +
+			"messages to the API as fast as a bounded number of senders can and counts the frames the " +
+			"clients receive. It sends to one connection, to one user with several connections, and to " +
+			"every connection of the instance. The baseline is `wsm-bench baseline` serving the same three " +
 			"HTTP endpoints over an in-memory registry of its connections, so the ratio shows what wsm " +
 			"adds to HTTP plus gws writes.",
 		Unit: "msgs/s",
@@ -193,9 +193,10 @@ var figures = []figure{
 		Steps: []string{"append"},
 		About: "`BenchmarkAppendVsFile` in `eventlog/bench_file_test.go`: 64 goroutines append one " +
 			"event at a time and each append returns once its event is durable. `embedded` is the " +
-			"event log's Writer on the embedded bbolt store; the baseline is a plain append-only " +
-			"file with the same group-commit window (a commit takes what queued while the previous " +
-			"one synced, up to 512 events), one write and one fsync per commit, and the same encoded records.",
+			"event log's Writer on the embedded bbolt store. The baseline is a plain append-only " +
+			"file with the same group-commit window: a commit takes what queued while the previous " +
+			"one synced, up to 512 events. It makes one write and one fsync per commit, of the same " +
+			"encoded records.",
 		Unit: "events/s",
 		Rows: fixedRows(row{
 			Label:        "64 appenders",
@@ -232,10 +233,10 @@ var figures = []figure{
 		Steps: []string{"reclaim"},
 		About: "`BenchmarkReclaimAfterKill` in `cmd/wsm/reclaim_bench_test.go` starts two " +
 			"`wsm serve --backend dapr` processes with their own sidecars over one Redis, with " +
-			"`--heartbeat-interval 1s --heartbeat-ttl 3s --reclaim-interval 1s`, connects N clients " +
-			"to one, SIGKILLs it and its sidecar, and times until the survivor lists none of the " +
-			"victim's connections and its log holds a `connection.reclaimed` event for each. The " +
-			"baseline is the configured heartbeat TTL plus one reclaim interval; the target is that " +
+			"`--heartbeat-interval 1s --heartbeat-ttl 3s --reclaim-interval 1s`. It connects N " +
+			"clients to one, SIGKILLs it and its sidecar, and times until the survivor lists none of " +
+			"the victim's connections and its log holds a `connection.reclaimed` event for each. The " +
+			"baseline is the configured heartbeat TTL plus one reclaim interval. The target is that " +
 			"plus one second per 10,000 connections.",
 		Unit:          "s/reclaim",
 		LowerIsBetter: true,
@@ -272,11 +273,11 @@ var figures = []figure{
 	{
 		Title: "Replay and rebuild throughput over the whole log",
 		Steps: []string{"replay"},
-		About: "`.ci/bench-replay` generates an embedded log with `wsm-bench genlog` (events built, " +
-			"validated and appended through the Writer as `serve` does, from a simulated fleet of " +
-			"8 instances), then times whole processes over the stopped data dir: `wsm replay` to " +
-			"/dev/null, `wsm rebuild --verify` (fold the log into fresh views and compare them with " +
-			"the live ones) and `wsm rebuild` (the same, then write the keys that differ). The " +
+		About: "`.ci/bench-replay` generates an embedded log with `wsm-bench genlog`: events of a " +
+			"simulated fleet of 8 instances, built, validated and appended through the Writer as " +
+			"`serve` does. Then it times whole processes over the stopped data dir: `wsm replay` to " +
+			"/dev/null, `wsm rebuild --verify`, which folds the log into fresh views and compares " +
+			"them with the live ones, and `wsm rebuild`, which also writes the keys that differ. The " +
 			"baseline reads the same events from a plain JSON-lines file, exported once with " +
 			"`wsm replay`, and decodes each line with encoding/json (`wsm-bench readlines`).",
 		Unit: "events/s",

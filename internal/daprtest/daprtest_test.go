@@ -80,16 +80,16 @@ func TestStartRetriesLostPort(t *testing.T) {
 		t.Skip("starts a Dapr sidecar")
 	}
 	d := Prepare(t, Options{})
-	taken := d.ports[2]
-	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(taken))
+	takenPort := d.ports[2]
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(takenPort))
 	if err != nil {
-		t.Skipf("the picked port %d was taken before the test could take it: %v", taken, err)
+		t.Skipf("the picked port %d was taken before the test could take it: %v", takenPort, err)
 	}
 	defer l.Close()
 
 	d.Start(t)
-	if d.ports[2] == taken {
-		t.Errorf("internal gRPC port: still %d, want a new one after losing it", taken)
+	if d.ports[2] == takenPort {
+		t.Errorf("internal gRPC port: still %d, want a new one after losing it", takenPort)
 	}
 	if !strings.Contains(d.Output(), "address already in use") {
 		t.Errorf("daprd output does not show the lost port; the test took nothing from it:\n%s", d.output.tail(2<<10))
